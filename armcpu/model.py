@@ -1,0 +1,488 @@
+"""The common-model algebra: combine a pool, check a node, adjust a model, compare two CPUs.
+
+All functions are pure: profiles and models in, new values out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from armcpu import catalog, features, kvm
+from armcpu.catalog import Field, RegisterKind
+from armcpu.profile import Core, Profile, fingerprint
+
+
+@dataclass(frozen=True)
+class Model:
+    """A CPU model a guest is started with: absolute register values plus identity targets."""
+
+    registers: Mapping[str, int]
+    targets: tuple[Core, ...] = ()  # every pool member's (MIDR, REVIDR, AIDR), for errata
+    members: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.registers)
+
+    def value(self, register: str) -> int:
+        return self.registers.get(register, 0)
+
+    @property
+    def features(self) -> list[str]:
+        return features.decode(self.registers)
+
+
+def model_of(profile: Profile) -> Model:
+    """A node's own view as a model (what host-passthrough gives a guest there)."""
+    return Model(
+        registers=dict(profile.registers),
+        targets=(_identity(profile),),
+        members=(profile.name,),
+    )
+
+
+def _identity(profile: Profile) -> Core:
+    return Core(
+        midr=profile.midr,
+        revidr=profile.value("REVIDR_EL1"),
+        aidr=profile.value("AIDR_EL1"),
+    )
+
+
+def _feature_registers() -> list[catalog.Register]:
+    return [r for r in catalog.registers().values() if r.kind is not RegisterKind.IDENTITY]
+
+
+def combine_values(fld: Field, values: Iterable[int]) -> int:
+    """Fold raw field values with the field's safe-value rule (as KVM checks it)."""
+    it = iter(values)
+    acc = next(it)
+    for v in it:
+        acc = kvm.safe_value(fld, v, acc)
+    return acc
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A field the pool disagrees on that some node cannot change."""
+
+    field: str  # REGISTER.FIELD
+    nodes_by_value: Mapping[int, tuple[str, ...]]
+    model_value: int
+    stuck_nodes: tuple[str, ...]  # nodes where the field is not writable
+    hint: str
+
+    def message(self) -> str:
+        sides = "; ".join(
+            f"{v:#x} on {', '.join(ns)}" for v, ns in sorted(self.nodes_by_value.items())
+        )
+        return (
+            f"{self.field} differs ({sides}) and KVM cannot change it on "
+            f"{', '.join(self.stuck_nodes)}: {self.hint}"
+        )
+
+
+@dataclass(frozen=True)
+class CombineResult:
+    model: Model
+    blockers: tuple[Blocker, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return not self.blockers
+
+
+_HINTS = {
+    "pauth": "switch pointer authentication off for the guest (features: {FEAT_PAuth: Disabled})",
+    "sve": "switch SVE off for the guest (features: {FEAT_SVE: Disabled})",
+}
+
+
+def _vcpu_group(fld: Field) -> str | None:
+    for group, members in kvm.VCPU_FEATURE_FIELDS.items():
+        if (fld.register, fld.name) in members:
+            return group
+    return None
+
+
+def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> CombineResult:
+    """The pool's common model: every field folded by its safe-value rule.
+
+    The guest's MIDR/REVIDR/AIDR are those of ``identity_from`` (a member's name; default the
+    first profile), and every member's identity is listed as a target implementation.
+    Fields that differ where some node cannot write them make the pool infeasible; each such
+    field is reported with the nodes on each side and what would make it feasible.
+    """
+    if not profiles:
+        raise ValueError("combine needs at least one profile")
+    regs: dict[str, int] = {}
+    blockers: list[Blocker] = []
+    for reg in _feature_registers():
+        if not any(reg.name in p.registers for p in profiles):
+            continue
+        value = 0
+        for fld in reg.fields:
+            vals = [fld.extract(p.value(reg.name)) for p in profiles]
+            combined = combine_values(fld, vals)
+            value = fld.insert(value, combined)
+            if len(set(vals)) > 1:
+                blocker = _blocker(fld, profiles, vals, combined)
+                if blocker is not None:
+                    blockers.append(blocker)
+        stray = [p.value(reg.name) & ~reg.defined_mask for p in profiles]
+        value |= stray[0] if len(set(stray)) == 1 else 0
+        if len(set(stray)) > 1:
+            by_value: dict[int, list[str]] = {}
+            for p, v in zip(profiles, stray, strict=True):
+                by_value.setdefault(v, []).append(p.name)
+            blockers.append(
+                Blocker(
+                    field=f"{reg.name}.<bits outside catalogued fields>",
+                    nodes_by_value={v: tuple(ns) for v, ns in by_value.items()},
+                    model_value=0,
+                    stuck_nodes=tuple(p.name for p, v in zip(profiles, stray, strict=True) if v),
+                    hint="the pool's CPUs differ in bits armcpu does not know: split the pool",
+                )
+            )
+        regs[reg.name] = value
+    chosen = profiles[0]
+    if identity_from is not None:
+        matches = [p for p in profiles if p.name == identity_from]
+        if not matches:
+            raise ValueError(f"identity_from: no pool member named {identity_from!r}")
+        chosen = matches[0]
+    ident = _identity(chosen)
+    regs["MIDR_EL1"] = ident.midr
+    regs["REVIDR_EL1"] = ident.revidr
+    regs["AIDR_EL1"] = ident.aidr
+    targets = tuple(dict.fromkeys(_identity(p) for p in profiles))
+    model = Model(registers=regs, targets=targets, members=tuple(p.name for p in profiles))
+    return CombineResult(model=model, blockers=tuple(blockers))
+
+
+def _blocker(fld: Field, profiles: Sequence[Profile], vals: list[int], combined: int) -> Blocker | None:
+    stuck = tuple(
+        p.name
+        for p, v in zip(profiles, vals, strict=True)
+        if v != combined and not kvm.is_field_writable(p.writable, fld)
+        and not (_vcpu_group(fld) is not None and combined == 0)
+    )
+    if not stuck:
+        return None
+    by_value: dict[int, list[str]] = {}
+    for p, v in zip(profiles, vals, strict=True):
+        by_value.setdefault(v, []).append(p.name)
+    group = _vcpu_group(fld)
+    if group is not None:
+        hint = _HINTS[group]
+    else:
+        hint = "split the pool by this value: " + " | ".join(
+            f"{{{', '.join(ns)}}}" for _, ns in sorted(by_value.items())
+        )
+    return Blocker(
+        field=fld.qualified,
+        nodes_by_value={v: tuple(ns) for v, ns in by_value.items()},
+        model_value=combined,
+        stuck_nodes=stuck,
+        hint=hint,
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why one node cannot present one field of a model."""
+
+    register: str
+    field: str
+    node_value: int
+    model_value: int
+    features: tuple[str, ...]
+    writable: bool | None
+    rule: str
+
+    def message(self) -> str:
+        feats = f" ({', '.join(self.features)})" if self.features else ""
+        return (
+            f"{self.register}.{self.field}{feats}: node {self.node_value:#x}, model "
+            f"{self.model_value:#x}: {self.rule}"
+        )
+
+
+@dataclass(frozen=True)
+class CanRun:
+    ok: bool
+    refusals: tuple[Refusal, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def _features_of_field(fld: Field, a: int, b: int) -> tuple[str, ...]:
+    """FEAT names that hold at the higher of two values of ``fld`` but not at the lower."""
+    lo, hi = sorted((a, b), key=fld.ordinal)
+    return tuple(
+        name
+        for name, minimum in features.feature_names_for_field(fld)
+        if fld.ordinal(lo) < fld.ordinal(minimum) <= fld.ordinal(hi)
+    )
+
+
+def can_run(node: Profile, model: Model) -> CanRun:
+    """Whether KVM on ``node`` accepts ``model`` at VM start (and so as a migration target).
+
+    KVM's accept rule: a field inside the node's writable mask must be safe against the node's
+    value under the field's rule; every other bit must equal the node's value. A node that
+    reported no masks can only run its own view.
+    """
+    refusals: list[Refusal] = []
+    warnings: list[str] = []
+    off_groups = {
+        group
+        for group, members in kvm.VCPU_FEATURE_FIELDS.items()
+        if all(catalog.field(r, f).extract(model.value(r)) == 0 for r, f in members)
+    }
+    for reg in catalog.registers().values():
+        if reg.name not in model.registers:
+            continue
+        mv, nv = model.value(reg.name), node.value(reg.name)
+        if mv == nv:
+            continue
+        if reg.kind is RegisterKind.IDENTITY:
+            if node.kvm.writable_imp_id_regs is not True:
+                refusals.append(
+                    Refusal(reg.name, "*", nv, mv, (), False,
+                            "the node's KVM cannot set implementation ID registers "
+                            "(KVM_CAP_ARM_WRITABLE_IMP_ID_REGS, Linux 6.15+): the model must "
+                            "present this node's own value")
+                )
+            continue
+        for fld in reg.fields:
+            fm, fn = fld.extract(mv), fld.extract(nv)
+            if fm == fn:
+                continue
+            group = _vcpu_group(fld)
+            if group in off_groups and fm == 0:
+                continue
+            writable = kvm.is_field_writable(node.writable, fld)
+            feats = _features_of_field(fld, fm, fn)
+            if writable is None:
+                rule = "the node reported no writable ID registers (KVM before Linux 6.7): it can only run its own view"
+            elif not writable:
+                rule = "not writable on this node: must equal the node's value"
+            elif kvm.safe_value(fld, fm, fn) != fm:
+                eff, safe = kvm.effective_rule(fld)
+                rule = f"KVM's {eff.value} rule refuses it"
+                if eff is catalog.Rule.EXACT:
+                    rule += f" (only the node's value or {safe:#x})"
+            else:
+                if reg.name == "CTR_EL0":
+                    warnings.append(
+                        f"CTR_EL0.{fld.name} differs from the node's: every guest CTR_EL0 read "
+                        "traps to KVM on this node (JITs notice)"
+                    )
+                continue
+            refusals.append(Refusal(reg.name, fld.name, fn, fm, feats, writable, rule))
+        stray = (mv ^ nv) & ~reg.defined_mask
+        if stray:
+            mask = None if node.writable is None else node.writable.get(reg.name, 0)
+            if mask is None or stray & ~mask:
+                refusals.append(
+                    Refusal(reg.name, f"bits {stray:#x}", nv & stray, mv & stray, (), False,
+                            "bits outside any catalogued field must equal the node's")
+                )
+    return CanRun(ok=not refusals, refusals=tuple(refusals), warnings=tuple(dict.fromkeys(warnings)))
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    register: str
+    field: str
+    a: int
+    b: int
+    features_only_in_a: tuple[str, ...]
+    features_only_in_b: tuple[str, ...]
+
+
+def diff(a: Mapping[str, int], b: Mapping[str, int]) -> list[FieldDiff]:
+    """Every catalogued field that differs between two register sets, in catalog order."""
+    out: list[FieldDiff] = []
+    for reg in catalog.registers().values():
+        va, vb = a.get(reg.name, 0), b.get(reg.name, 0)
+        if va == vb:
+            continue
+        for fld in reg.fields:
+            fa, fb = fld.extract(va), fld.extract(vb)
+            if fa == fb:
+                continue
+            gained = _features_of_field(fld, fa, fb)
+            higher_a = fld.ordinal(fa) > fld.ordinal(fb)
+            out.append(
+                FieldDiff(
+                    reg.name, fld.name, fa, fb,
+                    features_only_in_a=gained if higher_a else (),
+                    features_only_in_b=() if higher_a else gained,
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class SettingError(ValueError):
+    """A requested setting cannot be applied; ``setting`` names it (e.g. ``features.FEAT_SVE``)."""
+
+    setting: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Applied:
+    model: Model
+    switched_off: tuple[str, ...] = ()  # every FEAT the settings removed, dependants included
+    notes: tuple[str, ...] = field(default=())
+
+
+def _lower_to(fld: Field, current: int, minimum: int) -> int:
+    """The value just below ``minimum`` (never above ``current``), honouring signedness."""
+    target_ordinal = fld.ordinal(minimum) - 1
+    if fld.signed:
+        lowest = -(1 << (fld.width - 1))
+        target_ordinal = max(target_ordinal, lowest)
+        target = target_ordinal & fld.max_value
+    else:
+        target = max(target_ordinal, 0)
+    return target if fld.ordinal(target) < fld.ordinal(current) else current
+
+
+def _make_false(cond: features.Cond, regs: dict[str, int], setting: str) -> None:
+    """Lower register fields until ``cond`` no longer holds; refuse what lowering cannot do."""
+    if not features.evaluate(cond, regs):
+        return
+    op = cond[0]
+    if op == "ge":
+        fld = catalog.field(cond[1], cond[2])
+        cur = fld.extract(regs.get(fld.register, 0))
+        new = _lower_to(fld, cur, cond[3])
+        if kvm.safe_value(fld, new, cur) != new:
+            eff, _ = kvm.effective_rule(fld)
+            raise SettingError(setting, f"{fld.qualified} cannot be lowered: its rule is {eff.value}")
+        regs[fld.register] = fld.insert(regs.get(fld.register, 0), new)
+    elif op == "or":
+        _make_false(cond[1], regs, setting)
+        _make_false(cond[2], regs, setting)
+    elif op == "and":
+        _make_false(cond[1] if cond[1][0] not in ("lt",) else cond[2], regs, setting)
+    elif op == "feat":
+        _make_false(features.all_features()[cond[1]].cond or ("const", False), regs, setting)
+    elif op == "eq":
+        fld = catalog.field(cond[1], cond[2])
+        regs[fld.register] = fld.insert(regs.get(fld.register, 0), 0)
+    if features.evaluate(cond, regs):
+        raise SettingError(setting, "cannot be switched off by lowering ID register fields")
+
+
+def apply(
+    model: Model,
+    *,
+    base: Model | None = None,
+    base_covered: Mapping[str, int] | None = None,
+    feature_settings: Mapping[str, str] | None = None,
+    register_settings: Mapping[str, int] | None = None,
+    pool: Sequence[Profile] = (),
+) -> Applied:
+    """Adjust a combined model: cap by ``base`` (only the bits ``base_covered`` names, when given), switch FEATs off or require them, set raw fields.
+
+    ``feature_settings`` maps FEAT names to ``"Disabled"`` or ``"Required"``;
+    ``register_settings`` maps ``REGISTER.FIELD`` to a value. A raw field a FEAT covers is taken
+    as that FEAT's setting; two settings that contradict each other are an error naming both.
+    """
+    regs = dict(model.registers)
+    notes: list[str] = []
+    before = set(features.decode(regs))
+    if base is not None:
+        for reg in _feature_registers():
+            if reg.name not in regs or reg.name not in base.registers:
+                continue
+            value = regs[reg.name]
+            covered = reg.defined_mask if base_covered is None else base_covered.get(reg.name, 0)
+            for fld in reg.fields:
+                if fld.mask & covered != fld.mask:
+                    continue
+                capped = kvm.safe_value(fld, fld.extract(base.value(reg.name)), fld.extract(value))
+                value = fld.insert(value, capped)
+            regs[reg.name] = value
+
+    wanted: dict[str, tuple[str, str]] = {}  # FEAT -> (Disabled|Required, setting that said so)
+    for name, state in (feature_settings or {}).items():
+        where = f"features.{name}"
+        if state not in ("Disabled", "Required"):
+            raise SettingError(where, f"{state!r} is not one of Disabled, Required")
+        try:
+            feat = features.lookup(name)
+        except features.UnknownFeature as exc:
+            raise SettingError(where, str(exc)) from None
+        wanted[feat.name] = (state, where)
+
+    raw: dict[Field, tuple[int, str]] = {}
+    for ref, value in (register_settings or {}).items():
+        where = f"registers.{ref}"
+        try:
+            fld = catalog.parse_field_ref(ref)
+        except KeyError as exc:
+            raise SettingError(where, str(exc.args[0])) from None
+        if not 0 <= value <= fld.max_value:
+            raise SettingError(where, f"value {value:#x} does not fit in {fld.width} bits (0..{fld.max_value:#x})")
+        raw[fld] = (value, where)
+
+    # Raw settings of FEAT-covered fields must not contradict FEAT settings.
+    for fld, (value, where) in raw.items():
+        for fname, minimum in features.feature_names_for_field(fld):
+            if fname not in wanted:
+                continue
+            state, other = wanted[fname]
+            has = fld.ordinal(value) >= fld.ordinal(minimum)
+            if (state == "Required") != has:
+                raise SettingError(where, f"{fld.qualified}={value:#x} contradicts {other}: {state}")
+
+    for fld, (value, where) in raw.items():
+        cur = fld.extract(regs.get(fld.register, 0))
+        if fld.register not in catalog.registers() or catalog.register(fld.register).kind is RegisterKind.IDENTITY:
+            regs[fld.register] = fld.insert(regs.get(fld.register, 0), value)
+            continue
+        if kvm.safe_value(fld, value, cur) != value:
+            raise SettingError(where, f"{value:#x} is more than the pool offers ({cur:#x}) under the {kvm.effective_rule(fld)[0].value} rule")
+        regs[fld.register] = fld.insert(regs.get(fld.register, 0), value)
+        covered = features.feature_names_for_field(fld)
+        if covered:
+            lost = [n for n, m in covered if fld.ordinal(value) < fld.ordinal(m) <= fld.ordinal(cur)]
+            if lost:
+                notes.append(f"{where} is read as {', '.join(f'{n}: Disabled' for n in lost)}")
+
+    for fname, (state, where) in sorted(wanted.items()):
+        feat = features.all_features()[fname]
+        if state == "Disabled":
+            assert feat.cond is not None
+            _make_false(feat.cond, regs, where)
+        elif not features.holds(fname, regs):
+            lacking = [p.name for p in pool if not features.holds(fname, p.registers)]
+            who = f"; nodes without it: {', '.join(lacking)}" if lacking else ""
+            raise SettingError(where, f"{fname} is Required but the model does not have it{who}")
+
+    # Switch off what depends on anything switched off.
+    present = set(features.decode(regs))
+    for dep in sorted(features.dependants_to_drop(present)):
+        feat = features.all_features()[dep]
+        if dep in {n for n, (s, _) in wanted.items() if s == "Required"}:
+            raise SettingError(f"features.{dep}", "is Required but a feature it depends on is Disabled")
+        if feat.cond is not None and features.holds(dep, regs):
+            try:
+                _make_false(feat.cond, regs, f"features.{dep}")
+            except SettingError as exc:
+                notes.append(f"{dep} depends on a disabled feature but {exc.reason}")
+    after = set(features.decode(regs))
+    return Applied(
+        model=Model(registers=regs, targets=model.targets, members=model.members),
+        switched_off=tuple(sorted(before - after)),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,316 @@
+"""``armcpu``: baseline, describe, diff, check, models, features.
+
+Human output is a plain table; ``-o json`` is a stable object for scripts. Every input error
+exits with status 2 and a message that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from armcpu import catalog, features, hwcaps, kvm, midr, named_models, render
+from armcpu.model import Applied, CombineResult, Model, SettingError, apply, can_run, combine, diff, model_of
+from armcpu.profile import Profile, ProfileError, from_dict, hex64
+
+
+class CliError(Exception):
+    pass
+
+
+def load_profile(path: str, assume_kvm: bool = False) -> Profile:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path}: not valid JSON: {exc}") from None
+    profile = from_dict(data, path)
+    if assume_kvm:
+        profile = assume_kvm_masks(profile)
+    return profile
+
+
+def assume_kvm_masks(profile: Profile) -> Profile:
+    """Give a profile without masks the writable masks of a 6.18-era KVM (planning only)."""
+    if profile.writable is not None:
+        return profile
+    el0 = catalog.field("ID_AA64PFR0_EL1", "EL0").extract(profile.value("ID_AA64PFR0_EL1"))
+    return replace(
+        profile,
+        writable=kvm.assumed_writable_masks(aarch32_el0=el0 >= 2),
+        kvm=replace(profile.kvm, writable_imp_id_regs=True),
+    )
+
+
+def model_to_dict(m: Model) -> dict[str, Any]:
+    return {
+        "fingerprint": m.fingerprint,
+        "members": list(m.members),
+        "registers": {k: hex64(v) for k, v in sorted(m.registers.items())},
+        "features": m.features,
+        "targets": [
+            {"midr": f"0x{t.midr:08x}", "revidr": hex64(t.revidr), "aidr": hex64(t.aidr)} for t in m.targets
+        ],
+    }
+
+
+def model_from_file(path: str) -> Model:
+    """A model JSON (``baseline -o json``) or a profile JSON, as a model."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise CliError(f"{path}: cannot read: {exc}") from None
+    if isinstance(data, dict) and "model" in data:
+        data = data["model"]
+    return model_of(from_dict(data, path))
+
+
+def _emit(obj: Any, fmt: str) -> None:
+    if fmt == "yaml":
+        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
+    else:
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CliError(f"--{what} {item!r}: expected NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    profiles = [load_profile(p, args.assume_kvm) for p in args.profiles]
+    result: CombineResult = combine(profiles, identity_from=args.identity_from)
+    feats = {}
+    for name, state in _parse_kv(args.feature, "feature").items():
+        feats[name] = {"off": "Disabled", "on": "Required"}.get(state.lower(), state)
+    regs = {}
+    for ref, value in _parse_kv(args.register, "register").items():
+        try:
+            regs[ref] = int(value, 0)
+        except ValueError:
+            raise CliError(f"--register {ref}={value}: not a number") from None
+    base = named_models.lookup(args.base) if args.base else None
+    try:
+        applied: Applied = apply(
+            result.model,
+            base=base.as_model() if base else None,
+            base_covered=base.covered if base else None,
+            feature_settings=feats,
+            register_settings=regs,
+            pool=profiles,
+        )
+    except SettingError as exc:
+        raise CliError(str(exc)) from None
+    m = applied.model
+    checks = {p.name: can_run(p, m) for p in profiles}
+    rendering = render.RENDERERS[render.DEFAULT_TARGET].render(m, profiles)
+    if args.output == "qemu":
+        print(f"-cpu {rendering.cpu_arg}")
+        if rendering.machine_properties:
+            print(f"-M virt,{','.join(rendering.machine_properties)}")
+        return 0 if result.feasible else 1
+    if args.output in ("json", "yaml"):
+        _emit(
+            {
+                "model": model_to_dict(m),
+                "feasible": result.feasible and all(c.ok for c in checks.values()),
+                "blockers": [b.message() for b in result.blockers],
+                "switched_off": list(applied.switched_off),
+                "notes": list(applied.notes),
+                "nodes": {
+                    n: {"can_run": c.ok, "refusals": [r.message() for r in c.refusals], "warnings": list(c.warnings)}
+                    for n, c in checks.items()
+                },
+                "qemu": {"cpu": rendering.cpu_arg, "machine": list(rendering.machine_properties)},
+            },
+            args.output,
+        )
+        return 0 if result.feasible else 1
+    print(f"common model of {len(profiles)} CPUs: fingerprint {m.fingerprint}, {len(m.features)} FEATs")
+    for p in profiles:
+        d = diff(p.registers, m.registers)
+        lost = sorted({f for x in d for f in x.features_only_in_a})
+        print(f"  {p.name}: {'can run' if checks[p.name].ok else 'CANNOT run'} it; loses {', '.join(lost) or 'nothing named'}")
+        for r in checks[p.name].refusals:
+            print(f"    refused: {r.message()}")
+        for w in checks[p.name].warnings:
+            print(f"    warning: {w}")
+    for b in result.blockers:
+        print(f"  infeasible: {b.message()}")
+    if applied.switched_off:
+        print(f"  switched off by settings: {', '.join(applied.switched_off)}")
+    print(f"  qemu: -cpu {rendering.cpu_arg}")
+    return 0 if result.feasible else 1
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    p = load_profile(args.profile)
+    ident = midr.decode(p.midr)
+    feats = features.decode(p.registers)
+    caps = hwcaps.decode(p.registers)
+    if args.output == "json":
+        _emit(
+            {
+                "name": p.name,
+                "midr": f"0x{p.midr:08x}",
+                "implementer": ident.implementer_name,
+                "part": ident.part_name,
+                "revision": ident.revision_text,
+                "fingerprint": p.fingerprint,
+                "features": feats,
+                "hwcaps": caps,
+            },
+            "json",
+        )
+        return 0
+    print(f"{p.name}\n  {ident.describe()} (MIDR 0x{p.midr:08x}), fingerprint {p.fingerprint}")
+    print(f"  {len(feats)} FEATs: {' '.join(feats)}")
+    print(f"  hwcaps: {' '.join(caps)}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    a, b = load_profile(args.a), load_profile(args.b)
+    d = diff(a.registers, b.registers)
+    if args.output == "json":
+        _emit(
+            [
+                {"register": x.register, "field": x.field, "a": x.a, "b": x.b,
+                 "only_in_a": list(x.features_only_in_a), "only_in_b": list(x.features_only_in_b)}
+                for x in d
+            ],
+            "json",
+        )
+        return 0
+    if not d:
+        print("no differences")
+        return 0
+    rows = [["FIELD", "A", "B", "ONLY IN A", "ONLY IN B"]]
+    for x in d:
+        rows.append([f"{x.register}.{x.field}", f"{x.a:#x}", f"{x.b:#x}",
+                     " ".join(x.features_only_in_a), " ".join(x.features_only_in_b)])
+    print(_table(rows))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    m = model_from_file(args.model)
+    p = load_profile(args.profile, args.assume_kvm)
+    r = can_run(p, m)
+    if args.output == "json":
+        _emit({"can_run": r.ok, "refusals": [x.message() for x in r.refusals], "warnings": list(r.warnings)}, "json")
+    else:
+        print(f"{p.name}: {'can run' if r.ok else 'cannot run'} the model")
+        for x in r.refusals:
+            print(f"  {x.message()}")
+        for w in r.warnings:
+            print(f"  warning: {w}")
+    return 0 if r.ok else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    models = named_models.named_models()
+    if args.output == "json":
+        _emit({n: {"description": m.description, "midr": f"0x{m.midr:08x}", "source": m.source,
+                   "features": features.decode(m.registers)} for n, m in models.items()}, "json")
+        return 0
+    rows = [["NAME", "MIDR", "DESCRIPTION"]] + [[n, f"0x{m.midr:08x}", m.description] for n, m in models.items()]
+    print(_table(rows))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    rows = [["FEATURE", "ENCODING"]]
+    out = {}
+    for name, feat in sorted(features.all_features().items()):
+        sf = feat.single_field
+        if sf is not None:
+            enc = f"{sf[0].qualified} >= {sf[1]}"
+        elif feat.cond is not None:
+            enc = "compound: " + ", ".join(sorted({f.qualified for f in feat.fields}))
+        else:
+            enc = "dependency-only (no register field)"
+        rows.append([name, enc])
+        out[name] = enc
+    if args.output == "json":
+        _emit(out, "json")
+    else:
+        print(_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="armcpu", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def out(p: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
+        p.add_argument("-o", "--output", choices=choices, default="table")
+
+    b = sub.add_parser("baseline", help="the common model of a pool of CPUs")
+    b.add_argument("profiles", nargs="+", metavar="PROFILE.json")
+    b.add_argument("--base", help="cap by a named model (see `armcpu models`)")
+    b.add_argument("--feature", action="append", default=[], metavar="FEAT=off|on")
+    b.add_argument("--register", action="append", default=[], metavar="REG.FIELD=VALUE")
+    b.add_argument("--identity-from", help="the member whose MIDR/REVIDR/AIDR the guest sees")
+    b.add_argument("--assume-kvm", action="store_true",
+                   help="for profiles without writable masks, assume a Linux 6.18-era KVM")
+    out(b, ("table", "json", "yaml", "qemu"))
+    b.set_defaults(func=cmd_baseline)
+
+    d = sub.add_parser("describe", help="a CPU in words: MIDR decoded and its FEAT list")
+    d.add_argument("profile", metavar="PROFILE.json")
+    out(d)
+    d.set_defaults(func=cmd_describe)
+
+    df = sub.add_parser("diff", help="what differs between two CPUs, field by field")
+    df.add_argument("a", metavar="A.json")
+    df.add_argument("b", metavar="B.json")
+    out(df)
+    df.set_defaults(func=cmd_diff)
+
+    c = sub.add_parser("check", help="whether a node can present a model")
+    c.add_argument("model", metavar="MODEL.json")
+    c.add_argument("profile", metavar="PROFILE.json")
+    c.add_argument("--assume-kvm", action="store_true")
+    out(c)
+    c.set_defaults(func=cmd_check)
+
+    m = sub.add_parser("models", help="the named models")
+    out(m)
+    m.set_defaults(func=cmd_models)
+
+    f = sub.add_parser("features", help="every FEAT name and its encoding")
+    out(f)
+    f.set_defaults(func=cmd_features)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, ProfileError) as exc:
+        print(f"armcpu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""A real, local Kubernetes control plane: etcd + kube-apiserver on loopback, for tests and the demo.
+
+Nothing is mocked: the binaries are the real ones, built from their Go modules by
+``scripts/build-tools.sh``. The API server runs with RBAC, the default admission chain
+(ValidatingAdmissionPolicy included), service-account token issuing and its own CA; an admin
+kubeconfig (client certificate in ``system:masters``) is written to the temp dir. On start it
+installs armcpu's CRDs (``crds/``) and KubeVirt's (``../shared/kubevirt/``).
+
+``python -m armcpu_testing.controlplane`` starts one by hand and prints its kubeconfig path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ARMCPU_SHARED", REPO.parent / "shared"))
+KUBEVIRT_CRDS = SHARED / "kubevirt"
+ARMCPU_CRDS = REPO / "crds"
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def tools_dir() -> Path:
+    """Where kube-apiserver, etcd, kubectl and helm are; builds them on a cold machine."""
+    if os.environ.get("ARMCPU_TOOLS_DIR") and all(
+        (Path(os.environ["ARMCPU_TOOLS_DIR"]) / t).exists() for t in ("kube-apiserver", "etcd", "kubectl", "helm")
+    ):
+        return Path(os.environ["ARMCPU_TOOLS_DIR"])
+    if shutil.which("go") is None:
+        raise ControlPlaneError(
+            "kube-apiserver/etcd/kubectl/helm are not built and Go is missing: install Go >= 1.25 "
+            "and run scripts/build-tools.sh (it builds them from the Go module proxy)"
+        )
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/build-tools.sh")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"scripts/build-tools.sh failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+@dataclass
+class _CA:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls) -> _CA:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("armcpu-test-ca"))
+            .issuer_name(_name("armcpu-test-ca"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(self, cn: str, org: str | None = None, server: bool = False) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn, org))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+        )
+        if server:
+            import ipaddress
+
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        return (
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+        )
+
+
+@dataclass
+class ControlPlane:
+    """A running etcd + kube-apiserver; use :func:`running` to get one that cleans up."""
+
+    workdir: Path
+    tools: Path
+    api_port: int = 0
+    etcd_port: int = 0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def binary(self, name: str) -> str:
+        return str(self.tools / name)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.binary("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True, text=True, input=input, check=False, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    def start(self, timeout: float = 90.0) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True)
+        ca = _CA.create()
+        (pki / "ca.crt").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+        crt, key = ca.issue("kube-apiserver", server=True)
+        (pki / "apiserver.crt").write_bytes(crt)
+        (pki / "apiserver.key").write_bytes(key)
+        crt, key = ca.issue("armcpu-admin", org="system:masters")
+        (pki / "admin.crt").write_bytes(crt)
+        (pki / "admin.key").write_bytes(key)
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (pki / "sa.key").write_bytes(
+            sa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+        )
+        (pki / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        self.etcd_port, peer_port, self.api_port = free_port(), free_port(), free_port()
+        self._spawn("etcd", [
+            self.binary("etcd"),
+            "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync",
+            "--log-level", "warn",
+        ])
+        self._spawn("kube-apiserver", [
+            self.binary("kube-apiserver"),
+            "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
+            "--bind-address", "127.0.0.1",
+            "--secure-port", str(self.api_port),
+            "--tls-cert-file", str(pki / "apiserver.crt"),
+            "--tls-private-key-file", str(pki / "apiserver.key"),
+            "--client-ca-file", str(pki / "ca.crt"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", f"https://127.0.0.1:{self.api_port}",
+            "--service-account-key-file", str(pki / "sa.pub"),
+            "--service-account-signing-key-file", str(pki / "sa.key"),
+            "--api-audiences", f"https://127.0.0.1:{self.api_port}",
+            "--service-cluster-ip-range", "10.0.0.0/24",
+            "--disable-admission-plugins", "ServiceAccount",
+            "--allow-privileged=true",
+            "--cert-dir", str(pki),
+            "--v", "1",
+        ])
+        self._write_kubeconfig(pki)
+        self._wait_ready(pki, timeout)
+
+    def _write_kubeconfig(self, pki: Path) -> None:
+        self.kubeconfig.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters:
+- name: armcpu-local
+  cluster:
+    server: {self.url}
+    certificate-authority: {pki / "ca.crt"}
+users:
+- name: admin
+  user:
+    client-certificate: {pki / "admin.crt"}
+    client-key: {pki / "admin.key"}
+contexts:
+- name: armcpu-local
+  context: {{cluster: armcpu-local, user: admin}}
+current-context: armcpu-local
+"""
+        )
+
+    def _wait_ready(self, pki: Path, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for proc in self.processes:
+                if proc.poll() is not None:
+                    raise ControlPlaneError(f"{proc.args[0]} exited with {proc.returncode}: {self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        raise ControlPlaneError(f"kube-apiserver not ready after {timeout}s ({last}): {self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for name in ("etcd", "kube-apiserver"):
+            path = self.workdir / f"{name}.log"
+            if path.exists():
+                out.append(f"--- {name} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+        return "\n".join(out)
+
+    def install_crds(self) -> list[str]:
+        """Apply KubeVirt's CRDs and armcpu's, and wait until the API server serves them."""
+        files = sorted(KUBEVIRT_CRDS.glob("*-crd.yaml")) + sorted(ARMCPU_CRDS.glob("*.yaml"))
+        if not any(KUBEVIRT_CRDS.glob("*-crd.yaml")):
+            raise ControlPlaneError(f"KubeVirt CRDs not found in {KUBEVIRT_CRDS} (set ARMCPU_SHARED)")
+        names = []
+        for path in files:
+            self.kubectl("apply", "--server-side", "--field-manager=armcpu-test", "-f", str(path))
+            names.append(self.kubectl("get", "-f", str(path), "-o", "name").stdout.strip())
+        for name in names:
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", name)
+        return names
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def running(install_crds: bool = True, keep_dir: bool = False) -> Iterator[ControlPlane]:
+    """Start a control plane, yield it, and always stop every process and remove its temp dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="armcpu-cp-"))
+    plane = ControlPlane(workdir=workdir, tools=tools_dir())
+    try:
+        plane.start()
+        if install_crds:
+            plane.install_crds()
+        yield plane
+    finally:
+        plane.stop()
+        if not keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start a local kube-apiserver + etcd with armcpu's and KubeVirt's CRDs.")
+    parser.add_argument("--check", action="store_true", help="start, show the served CRDs, stop")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    with running() as plane:
+        print(f"control plane up in {time.monotonic() - start:.1f}s at {plane.url}")
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+        print(plane.kubectl("get", "crds").stdout)
+        if args.check:
+            return 0
+        print("Ctrl-C stops it and removes everything it started.")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything armcpu's tests and demo need, on a fresh machine or a warm one:
+# a virtualenv in .venv with armcpu and its test dependencies, and the Kubernetes binaries
+# (scripts/build-tools.sh, cached). Idempotent and quiet when there is nothing to do.
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: Python >= 3.11 is required (found: $("$python" --version 2>&1))" >&2
+  exit 1
+fi
+stamp=.venv/.armcpu-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -x .venv/bin/python ]]; then
+  "$python" -m venv .venv
+fi
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[k8s,test]'
+  echo "$want" > "$stamp"
+fi
+tools=$(bash scripts/build-tools.sh | tail -n 1)
+echo "ARMCPU_TOOLS_DIR=$tools"

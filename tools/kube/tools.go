@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools pins the binaries this module builds; nothing here is compiled into armcpu.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
