@@ -68,6 +68,8 @@ def _comparisons(cond: Cond | None) -> list[Cond]:
         return [cond]
     if cond[0] in ("and", "or"):
         return _comparisons(cond[1]) + _comparisons(cond[2])
+    if cond[0] == "implies":
+        return _comparisons(cond[2])
     return []
 
 
@@ -133,6 +135,8 @@ def evaluate(cond: Cond | None, regs: Registers, _seen: frozenset[str] = frozens
         return evaluate(cond[1], regs, _seen) or evaluate(cond[2], regs, _seen)
     if op == "feat":
         return holds(cond[1], regs, _seen)
+    if op == "implies":
+        return not _guard_holds(cond[1], regs, _seen) or evaluate(cond[2], regs, _seen)
     if op == "const":
         return bool(cond[1])
     return False  # ("version", ...): not visible in ID registers

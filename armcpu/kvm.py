@@ -32,9 +32,7 @@ VCPU_FEATURE_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("ID_AA64ISAR2_EL1", "APA3"),
         ("ID_AA64ISAR2_EL1", "GPA3"),
     ),
-    "sve": (("ID_AA64PFR0_EL1", "SVE"),) + tuple(
-        ("ID_AA64ZFR0_EL1", f.name) for f in catalog.register("ID_AA64ZFR0_EL1").fields
-    ),
+    "sve": (("ID_AA64PFR0_EL1", "SVE"), *tuple(("ID_AA64ZFR0_EL1", f.name) for f in catalog.register("ID_AA64ZFR0_EL1").fields)),
 }
 
 

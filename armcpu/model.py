@@ -373,6 +373,8 @@ def _make_false(cond: features.Cond, regs: dict[str, int], setting: str) -> None
         _make_false(cond[2], regs, setting)
     elif op == "and":
         _make_false(cond[1] if cond[1][0] not in ("lt",) else cond[2], regs, setting)
+    elif op == "implies":
+        _make_false(cond[2], regs, setting)
     elif op == "feat":
         _make_false(features.all_features()[cond[1]].cond or ("const", False), regs, setting)
     elif op == "eq":
@@ -453,9 +455,9 @@ def apply(
         if kvm.safe_value(fld, value, cur) != value:
             raise SettingError(where, f"{value:#x} is more than the pool offers ({cur:#x}) under the {kvm.effective_rule(fld)[0].value} rule")
         regs[fld.register] = fld.insert(regs.get(fld.register, 0), value)
-        covered = features.feature_names_for_field(fld)
-        if covered:
-            lost = [n for n, m in covered if fld.ordinal(value) < fld.ordinal(m) <= fld.ordinal(cur)]
+        named = features.feature_names_for_field(fld)
+        if named:
+            lost = [n for n, m in named if fld.ordinal(value) < fld.ordinal(m) <= fld.ordinal(cur)]
             if lost:
                 notes.append(f"{where} is read as {', '.join(f'{n}: Disabled' for n in lost)}")
 

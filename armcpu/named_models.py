@@ -124,6 +124,11 @@ def registers_from_hwcaps(present: list[str]) -> tuple[dict[str, int], dict[str,
         value = ordinal & fld.max_value
         regs[fld.register] = fld.insert(regs.get(fld.register, 0), value)
         covered[fld.register] = covered.get(fld.register, 0) | fld.mask
+    # An arm64 Linux reported these hwcaps, so EL0 and EL1 run AArch64 (whether they also run
+    # AArch32 is not known: these two fields are set but not covered).
+    for name in ("EL0", "EL1"):
+        fld = catalog.field("ID_AA64PFR0_EL1", name)
+        regs[fld.register] = fld.insert(regs.get(fld.register, 0), 1)
     return regs, covered
 
 

@@ -72,7 +72,7 @@ class Profile:
         return fingerprint(self.registers)
 
 
-def _register_width(name: str) -> int:
+def register_width(name: str) -> int:
     if name == "MIDR_EL1" or (not name.startswith("ID_AA64") and name.startswith(("ID_", "MVFR"))):
         return 32
     return 64
@@ -112,7 +112,7 @@ def _parse_registers(raw: object, where: str) -> dict[str, int]:
             name = catalog.canonical_register_name(key)
         except KeyError:
             raise ProfileError(f"{where}.{key}: unknown register {key!r}") from None
-        out[name] = parse_value(value, f"{where}.{key}", _register_width(name))
+        out[name] = parse_value(value, f"{where}.{key}", register_width(name))
     return out
 
 

@@ -107,7 +107,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             regs[ref] = int(value, 0)
         except ValueError:
             raise CliError(f"--register {ref}={value}: not a number") from None
-    base = named_models.lookup(args.base) if args.base else None
+    try:
+        base = named_models.lookup(args.base) if args.base else None
+    except KeyError as exc:
+        raise CliError(f"--base: {exc.args[0]}") from None
     try:
         applied: Applied = apply(
             result.model,

@@ -158,7 +158,7 @@ class ControlPlane:
         return proc
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.workdir / f"{name}.log", "wb")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
         return proc
@@ -246,7 +246,7 @@ current-context: armcpu-local
         while time.monotonic() < deadline:
             for proc in self.processes:
                 if proc.poll() is not None:
-                    raise ControlPlaneError(f"{proc.args[0]} exited with {proc.returncode}: {self.logs()}")
+                    raise ControlPlaneError(f"{proc.args!r} exited with {proc.returncode}: {self.logs()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=5) as resp:
                     if resp.status == 200:

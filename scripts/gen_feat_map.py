@@ -134,12 +134,16 @@ def main() -> None:
             # FEAT_FP16 <-> AdvSIMD >= 1): AND them. The AArch64 equivalences define the feature;
             # AArch32 views (guarded by FEAT_AA32EL0) are used only when there is no AArch64 one.
             aa64 = [gc for gc in candidates if "FEAT_AA32EL0" not in identifiers(gc[0] or ("const", True))]
+            # An equivalence under a narrower guard (FEAT_I8MM <-> ZFR0.I8MM >= 1 only when SVE or
+            # SME exists) becomes ("implies", guard, cond).
             chosen = aa64 or candidates
+            chosen.sort(key=lambda gc: len(repr(gc[0])))
             entry["guard"] = chosen[0][0]
             cond = chosen[0][1]
-            for _, more in chosen[1:]:
-                if more != cond:
-                    cond = ("and", cond, more)
+            for more_guard, more in chosen[1:]:
+                if more == cond:
+                    continue
+                cond = ("and", cond, more if more_guard == entry["guard"] else ("implies", more_guard, more))
             entry["cond"] = cond
             non_id.pop(name, None)
         elif name in non_id:
@@ -155,7 +159,7 @@ Derived from Arm's AARCHMRS Features.json {meta["version"]["architecture"]} buil
 {meta["license"]["info"]} The full notice is in LICENSES/ARM-AARCHMRS-BSD-3-Clause.txt.
 
 Condition tuples: ("ge"|"eq"|"lt", REGISTER, FIELD, VALUE), ("and"|"or", a, b), ("feat", NAME),
-("version", NAME), ("const", BOOL).
+("version", NAME), ("const", BOOL), ("implies", guard, cond).
 """
 
 from typing import Any

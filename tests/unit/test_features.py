@@ -28,6 +28,8 @@ def _comparisons(cond: features.Cond | None) -> set[tuple[str, str, str, int]]:
         return {(cond[0], cond[1], cond[2], cond[3])}
     if cond[0] in ("and", "or"):
         return _comparisons(cond[1]) | _comparisons(cond[2])
+    if cond[0] == "implies":
+        return _comparisons(cond[2])
     return set()
 
 

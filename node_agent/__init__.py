@@ -1,0 +1,1 @@
+"""armcpu's node agent. Nothing is implemented here yet; see the open issues."""
