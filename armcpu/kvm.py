@@ -8,7 +8,7 @@ the CLI): the agent's KVM probe reads the real masks with ``KVM_ARM_GET_REG_WRIT
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from armcpu import catalog
 from armcpu.catalog import Field, Rule
@@ -32,8 +32,17 @@ VCPU_FEATURE_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("ID_AA64ISAR2_EL1", "APA3"),
         ("ID_AA64ISAR2_EL1", "GPA3"),
     ),
-    "sve": (("ID_AA64PFR0_EL1", "SVE"), *tuple(("ID_AA64ZFR0_EL1", f.name) for f in catalog.register("ID_AA64ZFR0_EL1").fields)),
+    "sve": (
+        ("ID_AA64PFR0_EL1", "SVE"),
+        *(("ID_AA64ZFR0_EL1", f.name) for f in catalog.register("ID_AA64ZFR0_EL1").fields),
+    ),
 }
+
+
+def vcpu_group_is_off(value: Callable[[str], int], group: str) -> bool:
+    """Whether every field of a vCPU-feature group (``pauth``, ``sve``) is 0 in a register set,
+    given as its ``value(register)`` lookup (a Model's or a Profile's)."""
+    return all(catalog.field(r, f).extract(value(r)) == 0 for r, f in VCPU_FEATURE_FIELDS[group])
 
 
 def effective_rule(fld: Field) -> tuple[Rule, int]:

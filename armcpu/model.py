@@ -235,11 +235,7 @@ def can_run(node: Profile, model: Model) -> CanRun:
     """
     refusals: list[Refusal] = []
     warnings: list[str] = []
-    off_groups = {
-        group
-        for group, members in kvm.VCPU_FEATURE_FIELDS.items()
-        if all(catalog.field(r, f).extract(model.value(r)) == 0 for r, f in members)
-    }
+    off_groups = {group for group in kvm.VCPU_FEATURE_FIELDS if kvm.vcpu_group_is_off(model.value, group)}
     for reg in catalog.registers().values():
         if reg.name not in model.registers:
             continue

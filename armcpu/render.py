@@ -36,13 +36,12 @@ class Renderer(Protocol):
 
 def _off_groups(model: Model, hosts: Sequence[Profile]) -> list[str]:
     """vCPU features (pauth, sve) the model switches off where some host has them."""
-    out = []
-    for group, members in kvm.VCPU_FEATURE_FIELDS.items():
-        def zero(regs: Model | Profile, members: tuple[tuple[str, str], ...] = members) -> bool:
-            return all(catalog.field(r, f).extract(regs.value(r)) == 0 for r, f in members)
-        if zero(model) and not all(zero(h) for h in hosts):
-            out.append(group)
-    return out
+    return [
+        group
+        for group in kvm.VCPU_FEATURE_FIELDS
+        if kvm.vcpu_group_is_off(model.value, group)
+        and not all(kvm.vcpu_group_is_off(h.value, group) for h in hosts)
+    ]
 
 
 class QemuSysregV9:

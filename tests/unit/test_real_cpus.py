@@ -6,17 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from armcpu import catalog, features, hwcaps, kvm
+from armcpu import catalog, features, hwcaps
 from armcpu.model import Model, SettingError, apply, can_run, combine, diff, model_of
-from armcpu.profile import KvmInfo, Profile
+from armcpu.profile import KvmInfo
 from armcpu.render import RENDERERS
+from armcpu_cli.main import assume_kvm_masks
 from tests.helpers import load_cpu, raw_cpu
 
-
-def kvm_ready(p: Profile) -> Profile:
-    el0 = catalog.field("ID_AA64PFR0_EL1", "EL0").extract(p.value("ID_AA64PFR0_EL1"))
-    return replace(p, writable=kvm.assumed_writable_masks(aarch32_el0=el0 >= 2),
-                   kvm=KvmInfo(writable_imp_id_regs=True))
+kvm_ready = assume_kvm_masks  # a 6.18-era KVM's masks and cap 239, as `armcpu --assume-kvm` gives
 
 
 G3 = kvm_ready(load_cpu("kvm-guest/graviton3-neoverse-v1-host6.18.json"))
