@@ -23,9 +23,17 @@ IMPLEMENTERS: dict[int, tuple[str, str]] = {
 }
 
 PARTS: dict[tuple[int, int], str] = {
+    (0x41, 0xD03): "Cortex-A53",
+    (0x41, 0xD04): "Cortex-A35",
+    (0x41, 0xD05): "Cortex-A55",
+    (0x41, 0xD07): "Cortex-A57",
     (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD09): "Cortex-A73",
+    (0x41, 0xD0A): "Cortex-A75",
     (0x41, 0xD0B): "Cortex-A76",
     (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD0D): "Cortex-A77",
+    (0x41, 0xD0E): "Cortex-A76AE",
     (0x41, 0xD40): "Neoverse-V1",
     (0x41, 0xD49): "Neoverse-N2",
     (0x41, 0xD4F): "Neoverse-V2",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -157,6 +159,16 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc
 
+    def helm(self, *args: str) -> str:
+        """Run the pinned helm against this control plane; returns stdout."""
+        proc = subprocess.run(
+            [self.binary("helm"), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True, text=True, check=False, timeout=300,
+        )
+        if proc.returncode != 0:
+            raise ControlPlaneError(f"helm {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -212,10 +224,46 @@ class ControlPlane:
             "--disable-admission-plugins", "ServiceAccount",
             "--allow-privileged=true",
             "--cert-dir", str(pki),
+            "--audit-policy-file", str(self._write_audit_policy()),
+            "--audit-log-path", str(self.audit_log),
+            "--audit-log-mode", "blocking",
+            "--audit-log-format", "json",
             "--v", "1",
         ])
         self._write_kubeconfig(pki)
         self._wait_ready(pki, timeout)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _write_audit_policy(self) -> Path:
+        """Log every write request (metadata only): tests count them to prove a quiet reconcile."""
+        path = self.workdir / "audit-policy.yaml"
+        path.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
+            "- level: Metadata\n  verbs: [create, update, patch, delete, deletecollection]\n"
+            "- level: None\n"
+        )
+        return path
+
+    def audit_mark(self) -> int:
+        """A position in the audit log; pass it to :meth:`writes_since`."""
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
+
+    def writes_since(self, mark: int, user: str | None = None) -> list[dict[str, Any]]:
+        """Write requests the API server completed after ``mark`` (optionally by one user name).
+
+        The audit backend runs in blocking mode, so a request is in the log before its response
+        reaches the client.
+        """
+        with open(self.audit_log, "rb") as log:
+            log.seek(mark)
+            lines = log.read().decode().splitlines()
+        events = [json.loads(line) for line in lines if line.strip()]
+        # The API server's own writes (its identity Lease, every ~10s) are nobody's reconcile.
+        events = [e for e in events if e.get("user", {}).get("username") != "system:apiserver"]
+        return [e for e in events if user is None or e.get("user", {}).get("username") == user]
 
     def _write_kubeconfig(self, pki: Path) -> None:
         self.kubeconfig.write_text(

@@ -1,0 +1,208 @@
+"""armcpu's Kubernetes API types: the one source the CRDs in ``crds/`` are generated from.
+
+Field names of ``NodeCpuProfile.spec`` are the profile JSON keys (docs/profile-format.md) on
+purpose: ``kubectl get nodecpuprofile n -o json | jq .spec`` is a file ``armcpu baseline`` reads.
+CEL rules (``x-kubernetes-validations``) sit next to the fields they check so that the generated
+schema rejects at admission what a schema can say.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "armcpu.io"
+VERSION = "v1alpha1"
+API_VERSION: Literal["armcpu.io/v1alpha1"] = "armcpu.io/v1alpha1"
+
+HEX64 = r"^0x[0-9a-fA-F]{1,16}$"
+HEX32 = r"^0x[0-9a-fA-F]{1,8}$"
+REGISTER_NAME = r"^[A-Za-z][A-Za-z0-9_]{1,40}$"
+MAX_REGISTERS = 256  # armcpu.profile._MAX_REGISTERS
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One x-kubernetes-validations entry."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+# ---------------------------------------------------------------- NodeCpuProfile
+
+
+class CoreSpec(_Schema):
+    """One distinct core type of the node (big.LITTLE nodes list several)."""
+
+    midr: str = Field(pattern=HEX32, description="MIDR_EL1 of these cores (implementer, part, variant, revision).")
+    revidr: str = Field("0x0", pattern=HEX64, description="REVIDR_EL1 of these cores (implementation-defined errata bits).")
+    aidr: str = Field("0x0", pattern=HEX64, description="AIDR_EL1 of these cores, when the kernel exposes it.")
+    cpus: list[int] = Field(default_factory=list, max_length=4096, description="Logical CPU numbers with this core type.")
+
+
+class KvmSpec(_Schema):
+    """What the KVM probe learnt besides register values."""
+
+    vcpu_features: list[str] = Field(default_factory=list, max_length=16, description="vCPU features the scratch vCPU was created with.")
+    writable_imp_id_regs: bool | None = Field(None, description="KVM_CAP_ARM_WRITABLE_IMP_ID_REGS: MIDR/REVIDR/AIDR can be set per VM.")
+    reg_mask_ranges: bool | None = Field(None, description="KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES: writable masks were reported.")
+    vendor_hyp_bmap_2: str | None = Field(None, pattern=HEX64, description="KVM_REG_ARM_VENDOR_HYP_BMAP_2 (errata hypercalls), if present.")
+
+
+class NodeCpuProfileSpec(_Schema):
+    """A node's CPU as a guest sees it, in the profile format of docs/profile-format.md."""
+
+    format: int = Field(1, ge=1, le=1, description="Profile format version.")
+    name: str = Field(max_length=253, description="The node name.")
+    midr: str = Field(pattern=HEX32, description="MIDR_EL1 of the first core type.")
+    registers: dict[str, str] = Field(
+        max_length=MAX_REGISTERS,
+        description="ID register values (hex) as the probe read them; absent registers read as zero.",
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+    )
+    writable_masks: dict[str, str] | None = Field(
+        None,
+        max_length=MAX_REGISTERS,
+        description="Bits KVM lets userspace write (KVM_ARM_GET_REG_WRITABLE_MASKS); absent when the kernel reports none.",
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+    )
+    cores: list[CoreSpec] = Field(default_factory=list, max_length=64, description="Distinct core types of the node.")
+    probe: Literal["kvm", "mrs", "sysfs"] = Field(
+        description="How the registers were read: kvm (guest view), mrs (host EL0 view), sysfs (identity only).",
+    )
+    kernel: str | None = Field(None, max_length=256, description="Kernel release of the node.")
+    source: str | None = Field(None, max_length=1024, description="Free text: where the values come from.")
+    cpuinfo_features: str | None = Field(None, max_length=8192, description="The Features line of /proc/cpuinfo (HWCAPs), for diagnosis.")
+    kvm: KvmSpec | None = Field(None, description="KVM capabilities seen by the probe.")
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{16}$", description="Hash of the feature and cache registers (docs/profile-format.md).")
+
+
+class NodeCpuProfile(_Schema):
+    """Published by the node agent: one per node, named after it, owned by the Node."""
+
+    apiVersion: Literal["armcpu.io/v1alpha1"] = API_VERSION
+    kind: Literal["NodeCpuProfile"] = "NodeCpuProfile"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: NodeCpuProfileSpec
+
+
+# ---------------------------------------------------------------- CpuModel
+
+FeatureSetting = Literal["Disabled", "Required"]
+
+
+class LabelSelectorRequirement(_Schema):
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list, max_length=64)
+
+
+class LabelSelector(_Schema):
+    """A standard Kubernetes label selector; an empty selector selects nothing here (never every node)."""
+
+    matchLabels: dict[str, str] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}})
+    matchExpressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+
+
+class RegisterSetting(_Schema):
+    """A raw field value for what no FEAT name covers (cache geometry, PARange, breakpoint counts)."""
+
+    register_name: str = Field(alias="register", pattern=REGISTER_NAME, description="Register name, e.g. CTR_EL0 or ID_AA64MMFR0_EL1.")
+    field: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Field name as Arm spells it, e.g. DminLine.")
+    value: int = Field(ge=0, le=0xFFFFFFFFFFFFFFFF, description="Field value; it must fit the field and not exceed what the pool offers.")
+
+
+class CpuModelSpec(_Schema):
+    """What the user asks for: a node pool, an optional cap, and feature adjustments."""
+
+    nodeSelector: LabelSelector = Field(description="The node pool. Nodes without a NodeCpuProfile are reported, not used.")
+    base: str | None = Field(None, max_length=63, description="A named model (armcpu models) that caps the result; omitted: the pool itself.")
+    features: dict[str, FeatureSetting] = Field(
+        default_factory=dict,
+        description="FEAT_xxx: Disabled (hide it and what depends on it) or Required (nodes without it are incompatible).",
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "enum": ["Disabled", "Required"]},
+            "maxProperties": 128,
+            "x-kubernetes-validations": [
+                {"rule": "self.all(k, k.matches('^FEAT_[A-Za-z0-9_]+$'))", "message": "feature names look like FEAT_SVE"},
+            ],
+        },
+    )
+    registers: list[RegisterSetting] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Raw field values for what no FEAT name covers.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["register", "field"]},
+    )
+    updatePolicy: Literal["Pinned", "Follow"] = Field(
+        "Pinned",
+        description="Pinned: once computed the model stays; nodes that cannot run it are marked incompatible. Follow: the model follows the pool.",
+    )
+
+
+class Implementation(_Schema):
+    midr: str = Field(pattern=HEX32)
+    revidr: str = Field(pattern=HEX64)
+    aidr: str = Field(pattern=HEX64)
+
+
+class ModelStatus(_Schema):
+    """The computed model, everything a VM needs to be started with it."""
+
+    registers: dict[str, str] = Field(json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}})
+    features: list[str] = Field(default_factory=list, description="FEAT names the model presents.")
+    midr: str = Field(pattern=HEX32, description="MIDR the guest sees.")
+    implementations: list[Implementation] = Field(default_factory=list, description="Every member's identity (for errata hypercalls).")
+    qemu: str | None = Field(None, description="QEMU -cpu argument for the model (qemu-sysreg-v9 syntax, under review upstream).")
+    members: list[str] = Field(default_factory=list, description="Nodes whose profiles the model was computed from.")
+
+
+class NodeCounts(_Schema):
+    selected: int = 0
+    compatible: int = 0
+    incompatible: int = 0
+
+
+class IncompatibleNode(_Schema):
+    name: str
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Condition(_Schema):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int | None = None
+
+
+class CpuModelStatus(_Schema):
+    observedGeneration: int | None = None
+    revision: int | None = Field(None, description="Increases whenever the model's registers change.")
+    fingerprint: str | None = None
+    model: ModelStatus | None = None
+    nodes: NodeCounts | None = None
+    incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")
+    incompatibleNodesOmitted: int = Field(0, description="How many incompatible nodes are not listed.")
+    conditions: list[Condition] = Field(
+        default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class CpuModel(_Schema):
+    """A common CPU model for a pool of nodes, and where it can run."""
+
+    apiVersion: Literal["armcpu.io/v1alpha1"] = API_VERSION
+    kind: Literal["CpuModel"] = "CpuModel"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: CpuModelSpec
+    status: CpuModelStatus | None = None

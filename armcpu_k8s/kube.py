@@ -1,0 +1,183 @@
+"""A small synchronous Kubernetes API client for the node agent and the tests.
+
+Why not the ``kubernetes`` package: the agent runs on every node of a cluster, and that client
+costs tens of MB and a second of imports for the five requests per interval the agent makes.
+This client speaks JSON over HTTPS with the standard library, reads in-cluster credentials (the
+projected token is re-read on every request, because bound tokens rotate) or a kubeconfig, and
+can impersonate a user with extras, which is how tests act as the agent's service account.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ApiError(Exception):
+    """The API server refused a request; ``status`` is the HTTP code, ``message`` its Status message."""
+
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+        super().__init__(f"{method} {path}: {status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class ConfigError(Exception):
+    """No usable credentials (neither in-cluster nor a kubeconfig)."""
+
+
+@dataclass
+class Credentials:
+    """Where the API server is and how to authenticate to it."""
+
+    server: str
+    ssl_context: ssl.SSLContext
+    token: str | None = None
+    token_file: Path | None = None
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
+    """A kubeconfig names certs by path or embeds them; ssl needs paths, so embedded data is written out."""
+    if data_b64:
+        target = tmp / name
+        target.write_bytes(base64.b64decode(data_b64))
+        return str(target)
+    if path:
+        return str((base / path) if not os.path.isabs(path) else Path(path))
+    return None
+
+
+def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not a kubeconfig")
+    ctx_name = context or doc.get("current-context")
+    contexts = {c["name"]: c["context"] for c in doc.get("contexts", [])}
+    if ctx_name not in contexts:
+        raise ConfigError(f"{path}: context {ctx_name!r} not found")
+    ctx = contexts[ctx_name]
+    cluster = {c["name"]: c["cluster"] for c in doc.get("clusters", [])}[ctx["cluster"]]
+    user = {u["name"]: u["user"] for u in doc.get("users", [])}.get(ctx.get("user"), {})
+    base = path.parent
+    tmp = Path(tempfile.mkdtemp(prefix="armcpu-kube-"))
+    cafile = _materialise(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base, tmp, "ca.crt")
+    context_ssl = ssl.create_default_context(cafile=cafile)
+    cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"), base, tmp, "client.crt")
+    key = _materialise(user.get("client-key-data"), user.get("client-key"), base, tmp, "client.key")
+    if cert and key:
+        context_ssl.load_cert_chain(cert, key)
+    token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
+    return Credentials(server=cluster["server"].rstrip("/"), ssl_context=context_ssl, token=user.get("token"), token_file=token_file)
+
+
+def in_cluster() -> Credentials:
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port or not (SERVICE_ACCOUNT_DIR / "token").exists():
+        raise ConfigError("not running in a pod (no KUBERNETES_SERVICE_HOST or service-account token); pass --kubeconfig")
+    if ":" in host:
+        host = f"[{host}]"
+    ctx = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+    return Credentials(server=f"https://{host}:{port}", ssl_context=ctx, token_file=SERVICE_ACCOUNT_DIR / "token")
+
+
+def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+    """An explicit kubeconfig, else $KUBECONFIG, else in-cluster credentials."""
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        return load_kubeconfig(Path(path), context)
+    return in_cluster()
+
+
+@dataclass
+class Kube:
+    """JSON requests to one API server. ``on_write`` is told about every write (for metrics)."""
+
+    credentials: Credentials
+    impersonate_user: str | None = None
+    impersonate_extra: Mapping[str, list[str]] = field(default_factory=dict)
+    timeout: float = 30.0
+    on_write: Callable[[str, str, int], None] | None = None
+
+    def request(self, method: str, path: str, body: object = None, content_type: str = JSON,
+                query: Mapping[str, str] | None = None) -> Any:
+        url = self.credentials.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", JSON)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        token = self.credentials.bearer()
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if self.impersonate_user:
+            req.add_header("Impersonate-User", self.impersonate_user)
+            for key, values in self.impersonate_extra.items():
+                header = "Impersonate-Extra-" + urllib.parse.quote(key.lower(), safe="")
+                for value in values:
+                    req.add_header(header, value)
+        status = 0
+        try:
+            with urllib.request.urlopen(req, context=self.credentials.ssl_context, timeout=self.timeout) as resp:
+                status = resp.status
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            raw = exc.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = {"reason": exc.reason, "message": raw.decode(errors="replace")}
+            raise ApiError(exc.code, str(payload.get("reason", exc.reason)), str(payload.get("message", "")), method, path) from None
+        finally:
+            if method in WRITE_METHODS and self.on_write is not None:
+                self.on_write(method, path, status)
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def get_or_none(self, path: str) -> Any:
+        try:
+            return self.get(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, path: str, body: object) -> Any:
+        return self.request("POST", path, body)
+
+    def merge_patch(self, path: str, body: object) -> Any:
+        return self.request("PATCH", path, body, MERGE_PATCH)
+
+    def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+        return self.request("PATCH", path, ops, JSON_PATCH)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)

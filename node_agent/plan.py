@@ -1,0 +1,68 @@
+"""Pure planning: what the agent wants on its Node and its NodeCpuProfile, and the smallest change.
+
+No I/O here; :mod:`node_agent.publish` does the two GETs and at most two writes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from armcpu import features, midr
+from armcpu.profile import Profile, to_dict
+from armcpu_k8s import api, labels
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def cpu_label(profile: Profile) -> str:
+    """Implementer and part of each core type, e.g. ``arm-neoverse-v2`` or ``arm-cortex-a53.arm-cortex-a72``."""
+    parts = sorted({midr.decode(core.midr).label_value() for core in profile.cores} or {midr.decode(profile.midr).label_value()})
+    value = ".".join(parts)[:63].strip("-_.")
+    return value if _LABEL_VALUE.match(value) else "unknown"
+
+
+def desired_labels(profile: Profile, feature_labels: bool = False) -> dict[str, str]:
+    out = {
+        labels.FINGERPRINT: profile.fingerprint,
+        labels.CPU: cpu_label(profile),
+        labels.PROBE: profile.probe or "unknown",
+    }
+    if feature_labels:
+        for name in features.decode(profile.registers):
+            out[labels.FEATURE_PREFIX + name] = "true"
+    return out
+
+
+def label_patch(current: Mapping[str, str], desired: Mapping[str, str]) -> dict[str, str | None]:
+    """Merge-patch entries: set what differs, remove (None) agent keys no longer wanted, touch nothing else."""
+    patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
+    for key in current:
+        if labels.is_agent_key(key) and key not in desired:
+            patch[key] = None
+    return patch
+
+
+def profile_object(node: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
+    """The NodeCpuProfile for ``node``: named after it and owned by it (deleted with the Node by GC)."""
+    meta = node["metadata"]
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "NodeCpuProfile",
+        "metadata": {
+            "name": meta["name"],
+            "labels": {labels.FINGERPRINT: profile.fingerprint},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta["uid"]}],
+        },
+        "spec": to_dict(profile),
+    }
+
+
+def profile_needs_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    meta, want = existing.get("metadata", {}), desired["metadata"]
+    return (
+        existing.get("spec") != desired["spec"]
+        or any(meta.get("labels", {}).get(k) != v for k, v in want["labels"].items())
+        or meta.get("ownerReferences") != want["ownerReferences"]
+    )
