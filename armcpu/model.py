@@ -380,6 +380,56 @@ def _make_false(cond: features.Cond, regs: dict[str, int], setting: str) -> None
         raise SettingError(setting, "cannot be switched off by lowering ID register fields")
 
 
+def _parse_settings(
+    feature_settings: Mapping[str, str], register_settings: Mapping[str, int]
+) -> tuple[list[SettingError], dict[str, tuple[str, str]], dict[Field, tuple[int, str]]]:
+    """Check settings on their own (no pool needed); return every error and the parsed settings."""
+    errors: list[SettingError] = []
+    wanted: dict[str, tuple[str, str]] = {}  # FEAT -> (Disabled|Required, setting that said so)
+    for name, state in feature_settings.items():
+        where = f"features.{name}"
+        if state not in ("Disabled", "Required"):
+            errors.append(SettingError(where, f"{state!r} is not one of Disabled, Required"))
+            continue
+        try:
+            feat = features.lookup(name)
+        except features.UnknownFeature as exc:
+            errors.append(SettingError(where, str(exc)))
+            continue
+        wanted[feat.name] = (state, where)
+
+    raw: dict[Field, tuple[int, str]] = {}
+    for ref, value in register_settings.items():
+        where = f"registers.{ref}"
+        try:
+            fld = catalog.parse_field_ref(ref)
+        except KeyError as exc:
+            errors.append(SettingError(where, str(exc.args[0])))
+            continue
+        if not 0 <= value <= fld.max_value:
+            errors.append(SettingError(where, f"value {value:#x} does not fit in {fld.width} bits (0..{fld.max_value:#x})"))
+            continue
+        raw[fld] = (value, where)
+
+    # Raw settings of FEAT-covered fields must not contradict FEAT settings.
+    for fld, (value, where) in raw.items():
+        for fname, minimum in features.feature_names_for_field(fld):
+            if fname not in wanted:
+                continue
+            state, other = wanted[fname]
+            has = fld.ordinal(value) >= fld.ordinal(minimum)
+            if (state == "Required") != has:
+                errors.append(SettingError(where, f"{fld.qualified}={value:#x} contradicts {other}: {state}"))
+    return errors, wanted, raw
+
+
+def validate_settings(feature_settings: Mapping[str, str], register_settings: Mapping[str, int]) -> list[SettingError]:
+    """Every problem settings have on their own: unknown or dependency-only FEAT names, unknown
+    registers or fields, values too wide, raw fields contradicting FEAT settings. Empty when valid;
+    :func:`apply` checks the same, plus what depends on the pool."""
+    return _parse_settings(feature_settings, register_settings)[0]
+
+
 def apply(
     model: Model,
     *,
@@ -411,37 +461,9 @@ def apply(
                 value = fld.insert(value, capped)
             regs[reg.name] = value
 
-    wanted: dict[str, tuple[str, str]] = {}  # FEAT -> (Disabled|Required, setting that said so)
-    for name, state in (feature_settings or {}).items():
-        where = f"features.{name}"
-        if state not in ("Disabled", "Required"):
-            raise SettingError(where, f"{state!r} is not one of Disabled, Required")
-        try:
-            feat = features.lookup(name)
-        except features.UnknownFeature as exc:
-            raise SettingError(where, str(exc)) from None
-        wanted[feat.name] = (state, where)
-
-    raw: dict[Field, tuple[int, str]] = {}
-    for ref, value in (register_settings or {}).items():
-        where = f"registers.{ref}"
-        try:
-            fld = catalog.parse_field_ref(ref)
-        except KeyError as exc:
-            raise SettingError(where, str(exc.args[0])) from None
-        if not 0 <= value <= fld.max_value:
-            raise SettingError(where, f"value {value:#x} does not fit in {fld.width} bits (0..{fld.max_value:#x})")
-        raw[fld] = (value, where)
-
-    # Raw settings of FEAT-covered fields must not contradict FEAT settings.
-    for fld, (value, where) in raw.items():
-        for fname, minimum in features.feature_names_for_field(fld):
-            if fname not in wanted:
-                continue
-            state, other = wanted[fname]
-            has = fld.ordinal(value) >= fld.ordinal(minimum)
-            if (state == "Required") != has:
-                raise SettingError(where, f"{fld.qualified}={value:#x} contradicts {other}: {state}")
+    errors, wanted, raw = _parse_settings(feature_settings or {}, register_settings or {})
+    if errors:
+        raise errors[0]
 
     for fld, (value, where) in raw.items():
         cur = fld.extract(regs.get(fld.register, 0))

@@ -117,7 +117,7 @@ class RegisterSetting(_Schema):
 
     register_name: str = Field(alias="register", pattern=REGISTER_NAME, description="Register name, e.g. CTR_EL0 or ID_AA64MMFR0_EL1.")
     field: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$", description="Field name as Arm spells it, e.g. DminLine.")
-    value: int = Field(ge=0, le=0xFFFFFFFFFFFFFFFF, description="Field value; it must fit the field and not exceed what the pool offers.")
+    value: int = Field(ge=0, description="Field value; it must fit the field (checked by the webhook) and not exceed what the pool offers.")
 
 
 class CpuModelSpec(_Schema):
@@ -189,6 +189,7 @@ class CpuModelStatus(_Schema):
     observedGeneration: int | None = None
     revision: int | None = Field(None, description="Increases whenever the model's registers change.")
     fingerprint: str | None = None
+    specHash: str | None = Field(None, description="Hash of the spec the current revision was computed for.")
     model: ModelStatus | None = None
     nodes: NodeCounts | None = None
     incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")

@@ -109,6 +109,7 @@ class Crd:
     columns: tuple[dict[str, str | int], ...]
     categories: tuple[str, ...] = ("armcpu",)
     spec_rules: tuple[dict[str, str], ...] = field(default_factory=tuple)
+    root_rules: tuple[dict[str, str], ...] = field(default_factory=tuple)
 
     @property
     def name(self) -> str:
@@ -134,6 +135,7 @@ class Crd:
                 "description": self.description,
                 "required": ["spec"],
                 "properties": properties,
+                **({"x-kubernetes-validations": list(self.root_rules)} if self.root_rules else {}),
             }},
             "additionalPrinterColumns": [dict(c) for c in self.columns],
         }
@@ -191,6 +193,10 @@ CRDS = (
             {"name": "Policy", "type": "string", "jsonPath": ".spec.updatePolicy", "priority": 1},
             {"name": "Fingerprint", "type": "string", "jsonPath": ".status.fingerprint", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+        root_rules=(
+            api.cel("size(self.metadata.name) <= 63",
+                    "a CpuModel name is at most 63 characters: it becomes the node label cpumodel.armcpu.io/<name>"),
         ),
         spec_rules=(
             api.cel(

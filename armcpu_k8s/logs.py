@@ -8,6 +8,7 @@ import sys
 import time
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_NOISE = {"settings", "k8s_skip"}  # kopf attaches its whole settings object to every object log record
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,7 +19,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in _NOISE})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

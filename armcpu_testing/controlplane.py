@@ -138,6 +138,7 @@ class ControlPlane:
     api_port: int = 0
     etcd_port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ca: _CA | None = None
 
     @property
     def url(self) -> str:
@@ -159,6 +160,31 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc
 
+    def kubeconfig_for(self, user: str, group: str | None = "system:masters") -> Path:
+        """A kubeconfig with a client certificate for ``user`` (so the audit log tells its writes apart)."""
+        assert self.ca is not None, "start() first"
+        directory = self.workdir / "users" / user
+        directory.mkdir(parents=True, exist_ok=True)
+        crt, key = self.ca.issue(user, org=group)
+        (directory / "client.crt").write_bytes(crt)
+        (directory / "client.key").write_bytes(key)
+        path = directory / "kubeconfig"
+        text = self.kubeconfig.read_text()
+        pki = self.workdir / "pki"
+        text = text.replace(str(pki / "admin.crt"), str(directory / "client.crt"))
+        path.write_text(text.replace(str(pki / "admin.key"), str(directory / "client.key")))
+        return path
+
+    def serving_cert(self, name: str) -> tuple[Path, Path, Path]:
+        """(cert, key, CA) files for a TLS server on 127.0.0.1 that the API server trusts via the CA."""
+        assert self.ca is not None, "start() first"
+        directory = self.workdir / "serving" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        crt, key = self.ca.issue(name, server=True)
+        (directory / "tls.crt").write_bytes(crt)
+        (directory / "tls.key").write_bytes(key)
+        return directory / "tls.crt", directory / "tls.key", self.workdir / "pki" / "ca.crt"
+
     def helm(self, *args: str) -> str:
         """Run the pinned helm against this control plane; returns stdout."""
         proc = subprocess.run(
@@ -178,7 +204,7 @@ class ControlPlane:
     def start(self, timeout: float = 90.0) -> None:
         pki = self.workdir / "pki"
         pki.mkdir(parents=True)
-        ca = _CA.create()
+        ca = self.ca = _CA.create()
         (pki / "ca.crt").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
         crt, key = ca.issue("kube-apiserver", server=True)
         (pki / "apiserver.crt").write_bytes(crt)

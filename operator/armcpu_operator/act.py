@@ -1,0 +1,45 @@
+"""Apply a plan: node labels, then the CpuModel status, each written only where it differs.
+
+Labels are merge patches naming only the model's own key; the status is replaced as a whole on
+the status subresource (a JSON patch ``add /status``), because a merge patch would keep register
+keys that the new model no longer has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from armcpu_k8s.kube import ApiError, Kube
+from armcpu_operator.plan import Plan
+
+log = logging.getLogger("armcpu.operator")
+CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
+
+
+def apply_labels(kube: Kube, changes: Mapping[str, Mapping[str, str | None]]) -> list[str]:
+    """Patch each node; a node deleted meanwhile is skipped. Returns the nodes that failed."""
+    failed = []
+    for node, patch in sorted(changes.items()):
+        try:
+            kube.merge_patch(f"/api/v1/nodes/{node}", {"metadata": {"labels": dict(patch)}})
+        except ApiError as exc:
+            if exc.status != 404:
+                log.error("labelling a node failed", extra={"node": node, "error": str(exc)})
+                failed.append(node)
+    return failed
+
+
+def apply_status(kube: Kube, name: str, current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Replace the status if it differs; True when a write was made."""
+    if dict(current or {}) == dict(desired):
+        return False
+    kube.json_patch(f"{CPUMODELS}/{name}/status", [{"op": "add", "path": "/status", "value": dict(desired)}])
+    return True
+
+
+def execute(kube: Kube, name: str, current_status: Mapping[str, Any] | None, plan: Plan) -> tuple[bool, list[str]]:
+    failed = apply_labels(kube, plan.label_changes)
+    wrote = apply_status(kube, name, current_status, plan.status)
+    return wrote, failed

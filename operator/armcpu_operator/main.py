@@ -1,0 +1,112 @@
+"""``armcpu-operator``: reconcile CpuModels while holding the leader Lease.
+
+Registers nothing itself: importing :mod:`armcpu_operator.handlers` registers the kopf handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import kopf
+
+from armcpu_k8s import logs, serving
+from armcpu_k8s.kube import ConfigError, Kube, load_credentials
+from armcpu_operator import handlers, metrics
+from armcpu_operator.leader import LeaderElection
+from armcpu_operator.runtime import RUNTIME, Webhook
+
+log = logging.getLogger("armcpu.operator")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="armcpu-operator", description="Reconcile armcpu CpuModels into common CPU models per node pool.")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG, else in-cluster)")
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "armcpu-system"), help="namespace of the leader Lease")
+    p.add_argument("--lease-name", default="armcpu-operator")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(), help="this replica's name in the Lease")
+    p.add_argument("--no-leader-election", action="store_true", help="run without the Lease (only ever with one replica)")
+    p.add_argument("--listen", default="0.0.0.0:8080", help="address:port for /metrics, /healthz, /readyz ('' disables)")
+    p.add_argument("--webhook-port", type=int, default=0, help="serve the validating webhook on this port (0: no webhook)")
+    p.add_argument("--webhook-host", default="127.0.0.1", help="host name the API server uses to reach the webhook")
+    p.add_argument("--webhook-cert", type=Path, help="TLS certificate (PEM) of the webhook server")
+    p.add_argument("--webhook-key", type=Path, help="TLS key (PEM) of the webhook server")
+    p.add_argument("--webhook-ca", type=Path, help="CA bundle put into the ValidatingWebhookConfiguration")
+    p.add_argument("--resync", type=float, default=300.0, help="seconds between unconditional reconciles of each CpuModel")
+    p.add_argument("--log-format", choices=("json", "text"), default="json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup(args.log_format)
+    for noisy in ("kopf.objects", "kopf.activities.startup", "kopf._core.reactor.running"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)  # kopf's login reads it too
+    try:
+        credentials = load_credentials(args.kubeconfig)
+    except (ConfigError, OSError) as exc:
+        log.error("no cluster credentials", extra={"error": str(exc)})
+        return 2
+    RUNTIME.kube = Kube(credentials, on_write=lambda verb, path, code: metrics.API_WRITES.labels(verb, str(code)).inc())
+    RUNTIME.resync_seconds = args.resync
+    if args.webhook_port:
+        if not (args.webhook_cert and args.webhook_key):
+            log.error("--webhook-port needs --webhook-cert and --webhook-key")
+            return 2
+        RUNTIME.webhook = Webhook(port=args.webhook_port, host=args.webhook_host, certfile=args.webhook_cert,
+                                  keyfile=args.webhook_key, cafile=args.webhook_ca)
+        handlers.register_webhook()
+    assert handlers.STATE is not None  # importing handlers registered them with kopf
+
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()  # kopf waits for thread-based flags in executor threads that never return
+
+    def lost() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    leader = None
+    server = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        server = serving.serve(host or "0.0.0.0", int(port), metrics.REGISTRY, ready=ready.is_set)
+    try:
+        if not args.no_leader_election:
+            leader = LeaderElection(RUNTIME.kube, args.namespace, args.lease_name, args.identity, on_lost=lost)
+            waiting = threading.Event()
+            previous = {sig: signal.signal(sig, lambda *_: waiting.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+            acquired = leader.acquire(waiting)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if not acquired:
+                return 0
+            leader.keep()
+            metrics.LEADER.set(1)
+        log.info("starting", extra={"identity": args.identity, "webhook": bool(RUNTIME.webhook)})
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready))
+    finally:
+        metrics.LEADER.set(0)
+        if leader is not None:
+            leader.release()
+        if server is not None:
+            server.shutdown()
+        loop.close()
+    if leader is not None and leader.lost.is_set():
+        log.error("stopped: lost the leader Lease")
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Pure reconcile: from a CpuModel, the Nodes' labels and the NodeCpuProfiles, the desired status,
+node-label changes and Events. No I/O; :mod:`armcpu_operator.act` applies the plan.
+
+Revisions keep running VMs safe:
+
+- ``Pinned`` (default): a model, once computed for a spec, stays. Nodes that join later and cannot
+  run it are marked incompatible with reasons; nodes that leave never raise it. A spec change
+  (status.specHash differs) computes a new revision.
+- ``Follow``: every reconcile recomputes the model from the pool; when its registers change, the
+  revision increases.
+
+A plan for an unchanged world equals the current state, so applying it writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from armcpu import features as feats
+from armcpu import model as algebra
+from armcpu import render
+from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
+from armcpu_k8s import labels as keys
+from armcpu_k8s import selectors
+from armcpu_operator import spec as specs
+
+MAX_LISTED_NODES = 20
+MAX_REASONS_PER_NODE = 5
+EVENT_NODE_LIST = 5
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    label_changes: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    compatible: tuple[str, ...] = ()
+    incompatible: tuple[str, ...] = ()
+    selected: tuple[str, ...] = ()
+
+
+def label_key(model_name: str) -> str:
+    return keys.MODEL_PREFIX + model_name
+
+
+def model_to_status(model: algebra.Model, qemu: str | None) -> dict[str, Any]:
+    return {
+        "registers": {k: hex64(v) for k, v in sorted(model.registers.items())},
+        "features": feats.decode(model.registers),
+        "midr": f"0x{model.value('MIDR_EL1'):08x}",
+        "implementations": [{"midr": f"0x{t.midr:08x}", "revidr": hex64(t.revidr), "aidr": hex64(t.aidr)} for t in model.targets],
+        "qemu": qemu,
+        "members": list(model.members),
+    }
+
+
+def model_from_status(data: Mapping[str, Any]) -> algebra.Model:
+    regs = {k: int(v, 16) for k, v in (data.get("registers") or {}).items()}
+    targets = tuple(Core(midr=int(t["midr"], 16), revidr=int(t["revidr"], 16), aidr=int(t["aidr"], 16)) for t in data.get("implementations") or [])
+    return algebra.Model(registers=regs, targets=targets, members=tuple(data.get("members") or ()))
+
+
+def _condition(old: Sequence[Mapping[str, Any]], ctype: str, status: str, reason: str, message: str, generation: int | None,
+               now: str) -> dict[str, Any]:
+    previous = next((c for c in old if c.get("type") == ctype), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status and previous.get("lastTransitionTime") else now
+    return {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": since,
+            "observedGeneration": generation}
+
+
+def _names(nodes: Sequence[str]) -> str:
+    shown = ", ".join(nodes[:EVENT_NODE_LIST])
+    return shown + (f" and {len(nodes) - EVENT_NODE_LIST} more" if len(nodes) > EVENT_NODE_LIST else "")
+
+
+def _node_profiles(selected: Sequence[str], profiles: Mapping[str, Mapping[str, Any]]) -> tuple[list[Profile], dict[str, list[str]]]:
+    good: list[Profile] = []
+    broken: dict[str, list[str]] = {}
+    for name in selected:
+        raw = profiles.get(name)
+        if raw is None:
+            broken[name] = ["no NodeCpuProfile: is the armcpu agent running on this node?"]
+            continue
+        try:
+            parsed = from_dict({**raw, "name": name}, f"NodeCpuProfile {name}")
+        except ProfileError as exc:
+            broken[name] = [str(exc)]
+            continue
+        if parsed.probe != "kvm":
+            broken[name] = [f"profile probed by {parsed.probe!r}, not kvm: the agent could not open /dev/kvm, so the guest view is unknown"]
+            continue
+        good.append(parsed)
+    return good, broken
+
+
+def _refusal_reasons(check: algebra.CanRun) -> list[str]:
+    msgs = [r.message() for r in check.refusals]
+    if len(msgs) > MAX_REASONS_PER_NODE:
+        msgs = [*msgs[:MAX_REASONS_PER_NODE], f"and {len(msgs) - MAX_REASONS_PER_NODE} more fields"]
+    return msgs
+
+
+def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model | None, str | None, str]:
+    """(model, qemu rendering, problem). problem is '' when the model was computed."""
+    if not pool:
+        return None, None, "no selected node has a usable NodeCpuProfile"
+    combined = algebra.combine(pool)
+    if not combined.feasible:
+        reasons = "; ".join(b.message() for b in combined.blockers[:5])
+        more = f" (and {len(combined.blockers) - 5} more)" if len(combined.blockers) > 5 else ""
+        return None, None, f"the selected nodes cannot share one model: {reasons}{more}"
+    try:
+        applied = algebra.apply(
+            combined.model,
+            base=request.base.as_model() if request.base else None,
+            base_covered=request.base.covered if request.base else None,
+            feature_settings=request.feature_settings,
+            register_settings=request.register_settings,
+            pool=pool,
+        )
+    except algebra.SettingError as exc:
+        return None, None, f"spec.{exc}"
+    qemu = render.QemuSysregV9().render(applied.model, pool).cpu_arg
+    return applied.model, qemu, ""
+
+
+def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]], profiles: Mapping[str, Mapping[str, Any]],
+              now: str) -> Plan:
+    meta = cpumodel.get("metadata", {})
+    name = meta["name"]
+    generation = meta.get("generation")
+    old = dict(cpumodel.get("status") or {})
+    old_conditions = old.get("conditions") or []
+    key = label_key(name)
+    request = specs.parse(cpumodel.get("spec") or {})
+    events: list[Event] = []
+
+    def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return _condition(old_conditions, ctype, status, reason, message, generation, now)
+
+    if not request.valid:
+        message = "; ".join(request.errors)
+        invalid_status = {**old, "observedGeneration": generation}
+        invalid_status["conditions"] = [
+            cond("Ready", "False", "InvalidSpec", "the spec is invalid; the previous revision, if any, stays in effect"),
+            cond("Invalid", "True", "InvalidSpec", message),
+            *[c for c in old_conditions if c.get("type") == "Degraded"],
+        ]
+        if not any(c.get("type") == "Invalid" and c.get("status") == "True" and c.get("message") == message for c in old_conditions):
+            events.append(Event("Warning", "InvalidSpec", message))
+        return Plan(status=invalid_status, events=events)
+
+    selected = sorted(n for n, node_labels in nodes.items() if selectors.matches(request.selector, node_labels))
+    pool, broken = _node_profiles(selected, profiles)
+
+    current = model_from_status(old["model"]) if old.get("model") and old.get("specHash") == request.spec_hash else None
+    revision = int(old.get("revision") or 0)
+    model, qemu, problem = (current, (old.get("model") or {}).get("qemu"), "")
+    if current is None or request.policy == "Follow":
+        computed, computed_qemu, problem = _compute(request, pool)
+        if computed is not None and (current is None or dict(computed.registers) != dict(current.registers)
+                                     or computed.targets != current.targets):
+            model, qemu = computed, computed_qemu
+            revision += 1
+            members = _names([p.name for p in pool])
+            events.append(Event("Normal", "ModelRevised",
+                                f"revision {revision} (fingerprint {computed.fingerprint}) computed from {len(pool)} node(s): {members}"))
+    if model is None and old.get("model"):
+        # Nothing computable now (e.g. every node left): keep serving the last revision to running VMs.
+        model, qemu = model_from_status(old["model"]), old["model"].get("qemu")
+
+    incompatible: dict[str, list[str]] = dict(broken)
+    compatible: list[str] = []
+    if model is not None:
+        for profile in pool:
+            check = algebra.can_run(profile, model)
+            if check.ok:
+                compatible.append(profile.name)
+            else:
+                incompatible[profile.name] = _refusal_reasons(check)
+    else:
+        for profile in pool:
+            incompatible[profile.name] = [problem]
+
+    label_changes: dict[str, dict[str, str | None]] = {}
+    for node_name, node_labels in nodes.items():
+        want = str(revision) if node_name in compatible else None
+        if node_labels.get(key) != want:
+            label_changes[node_name] = {key: want}
+
+    inc_names = sorted(incompatible)
+    conditions = []
+    if model is None:
+        conditions.append(cond("Ready", "False", "NoModel", problem))
+    elif not compatible:
+        conditions.append(cond("Ready", "False", "NoCompatibleNodes", f"none of the {len(selected)} selected node(s) can run revision {revision}"))
+    else:
+        conditions.append(cond("Ready", "True", "ModelReady", f"{len(compatible)} of {len(selected)} selected node(s) can run revision {revision}"))
+    if inc_names:
+        message = f"{len(inc_names)} selected node(s) cannot run the model: {_names(inc_names)}"
+        if problem and model is not None:
+            message += f"; a new revision could not be computed: {problem}"
+        conditions.append(cond("Degraded", "True", "IncompatibleNodes", message))
+    elif problem and model is not None:
+        conditions.append(cond("Degraded", "True", "RecomputeFailed", f"a new revision could not be computed: {problem}"))
+    else:
+        conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model"))
+    conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "revision": revision if model is not None else None,
+        "fingerprint": model.fingerprint if model is not None else None,
+        "specHash": request.spec_hash if model is not None else old.get("specHash"),
+        "model": model_to_status(model, qemu) if model is not None else None,
+        "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
+        "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
+        "incompatibleNodesOmitted": max(0, len(inc_names) - MAX_LISTED_NODES),
+        "conditions": conditions,
+    }
+    if model is not None and old.get("model") and current is not None and model is current:
+        status["model"] = old["model"]  # byte-identical: no write for a pinned model
+
+    before = {n["name"] for n in old.get("incompatibleNodes") or []}
+    newly = [n for n in inc_names[:MAX_LISTED_NODES] if n not in before]
+    if newly:
+        events.append(Event("Warning", "NodesIncompatible", f"cannot run revision {revision}: " + "; ".join(
+            f"{n}: {incompatible[n][0]}" for n in newly[:EVENT_NODE_LIST])))
+    return Plan(status=status, label_changes=label_changes, events=events, compatible=tuple(compatible),
+                incompatible=tuple(inc_names), selected=tuple(selected))
+
+
+def removal(model_name: str, nodes: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str | None]]:
+    """Label changes when a CpuModel goes away: its key leaves every node."""
+    key = label_key(model_name)
+    return {n: {key: None} for n, node_labels in nodes.items() if key in node_labels}

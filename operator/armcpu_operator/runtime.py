@@ -1,0 +1,31 @@
+"""What the handlers need from the process that runs them (set once by main before kopf starts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armcpu_k8s.kube import Kube
+
+
+@dataclass
+class Webhook:
+    port: int
+    host: str
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    addr: str = "0.0.0.0"
+    config_name: str = "armcpu.io"
+
+
+@dataclass
+class Runtime:
+    kube: Kube | None = None
+    webhook: Webhook | None = None
+    resync_seconds: float = 300.0
+    debounce_seconds: float = 0.2
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+RUNTIME = Runtime()

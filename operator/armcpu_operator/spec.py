@@ -1,0 +1,90 @@
+"""A CpuModel's spec, read into what the core needs, with every problem named by its spec path.
+
+The validating webhook and the reconciler both call :func:`parse`, so a CpuModel created while the
+webhook was down is reported ``Invalid`` with the very message ``kubectl apply`` would have shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from armcpu import catalog, model, named_models
+from armcpu_k8s import selectors
+
+
+@dataclass(frozen=True)
+class Request:
+    selector: Mapping[str, Any]
+    base: named_models.NamedModel | None
+    feature_settings: Mapping[str, str]
+    register_settings: Mapping[str, int]  # "REGISTER.FIELD" -> value
+    policy: str
+    spec_hash: str
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of what the user asked for; a new value means a new revision is due."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def parse(spec: Mapping[str, Any]) -> Request:
+    errors: list[str] = []
+    selector = spec.get("nodeSelector") or {}
+    errors += [f"spec.{e}" for e in selectors.check(selector)]
+
+    base = None
+    if spec.get("base"):
+        try:
+            base = named_models.lookup(str(spec["base"]))
+        except KeyError as exc:
+            errors.append(f"spec.base: {exc.args[0]}")
+
+    feature_settings = {str(k): str(v) for k, v in (spec.get("features") or {}).items()}
+    register_settings: dict[str, int] = {}
+    paths: dict[str, str] = {}
+    for i, item in enumerate(spec.get("registers") or []):
+        where = f"spec.registers[{i}]"
+        reg_name, field_name, value = item.get("register"), item.get("field"), item.get("value")
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.append(f"{where}.value: expected an integer, got {value!r}")
+            continue
+        try:
+            reg = catalog.register(str(reg_name))
+        except KeyError:
+            known = ", ".join(sorted(catalog.registers()))
+            errors.append(f"{where}.register: unknown register {reg_name!r}; known: {known}")
+            continue
+        try:
+            fld = reg.field(str(field_name))
+        except KeyError:
+            errors.append(f"{where}.field: {reg.name} has no field {field_name!r}; its fields: {', '.join(f.name for f in reg.fields)}")
+            continue
+        ref = fld.qualified
+        if ref in register_settings:
+            errors.append(f"{where}: {ref} is set twice")
+            continue
+        register_settings[ref] = value
+        paths[f"registers.{ref}"] = f"{where} ({ref})"
+
+    for err in model.validate_settings(feature_settings, register_settings):
+        where = paths.get(err.setting, f"spec.{err.setting}")
+        errors.append(f"{where}: {err.reason}")
+
+    return Request(
+        selector=selector,
+        base=base,
+        feature_settings=feature_settings,
+        register_settings=register_settings,
+        policy=str(spec.get("updatePolicy") or "Pinned"),
+        spec_hash=spec_hash(spec),
+        errors=tuple(errors),
+    )

@@ -1,0 +1,95 @@
+"""In-memory bookkeeping between kopf's watch events and the per-CpuModel reconcile loops.
+
+Which CpuModels a Node or NodeCpuProfile event can affect is decided here (so a node heartbeat
+wakes nobody), and writes the operator made but the watch has not delivered yet are remembered,
+so a reconcile that runs before the echo arrives does not write the same thing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from armcpu_k8s import selectors
+from armcpu_operator import plan
+
+
+@dataclass
+class State:
+    triggers: dict[str, asyncio.Event] = field(default_factory=dict)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_generations: dict[str, int | None] = field(default_factory=dict)
+    written_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    written_labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+    def trigger(self, model: str) -> None:
+        self.triggers.setdefault(model, asyncio.Event()).set()
+
+    def affected_by_node(self, old: Mapping[str, str], new: Mapping[str, str],
+                         model_selectors: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        if dict(old) == dict(new):
+            return []
+        return [
+            name for name, selector in model_selectors.items()
+            if selectors.matches(selector, old) or selectors.matches(selector, new)
+            or plan.label_key(name) in old or plan.label_key(name) in new
+        ]
+
+    def node_event(self, name: str, labels: Mapping[str, str] | None, model_selectors: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        old = self.node_labels.get(name, {})
+        new = dict(labels) if labels is not None else {}
+        if labels is None:
+            self.node_labels.pop(name, None)
+        else:
+            self.node_labels[name] = new
+        return self.affected_by_node(old, new, model_selectors)
+
+    def profile_event(self, node: str, model_selectors: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        labels = self.node_labels.get(node, {})
+        return [name for name, selector in model_selectors.items()
+                if selectors.matches(selector, labels) or plan.label_key(name) in labels]
+
+    def model_event(self, name: str, generation: int | None, deleted: bool) -> bool:
+        """True when the spec changed (a status write of our own changes no generation)."""
+        if deleted:
+            self.model_generations.pop(name, None)
+            self.written_status.pop(name, None)
+            return False
+        changed = self.model_generations.get(name) != generation
+        self.model_generations[name] = generation
+        return changed
+
+    # --- writes not yet echoed by the watch
+
+    def status_view(self, name: str, observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        written = self.written_status.get(name)
+        if written is None:
+            return None if observed is None else dict(observed)
+        if observed is not None and dict(observed) == written:
+            self.written_status.pop(name, None)
+        return written
+
+    def labels_view(self, indexed: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+        out = {n: dict(v) for n, v in indexed.items()}
+        for node, patch in list(self.written_labels.items()):
+            if node not in out:
+                self.written_labels.pop(node, None)
+                continue
+            echoed = all(out[node].get(k) == v if v is not None else k not in out[node] for k, v in patch.items())
+            if echoed:
+                self.written_labels.pop(node, None)
+                continue
+            for k, v in patch.items():
+                if v is None:
+                    out[node].pop(k, None)
+                else:
+                    out[node][k] = v
+        return out
+
+    def remember_labels(self, changes: Mapping[str, Mapping[str, str | None]], failed: Iterable[str]) -> None:
+        failed = set(failed)
+        for node, patch in changes.items():
+            if node not in failed:
+                self.written_labels.setdefault(node, {}).update(patch)

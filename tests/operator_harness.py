@@ -1,0 +1,135 @@
+"""Run ``armcpu-operator`` as a real process against the local control plane, and seed Nodes and
+NodeCpuProfiles from ../shared/cpus through the agent's own code path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from armcpu import kvm
+from armcpu.profile import Profile
+from armcpu_k8s.kube import ApiError, Kube
+from armcpu_testing.controlplane import ControlPlane, free_port
+from node_agent.collect import Sources, collect
+from node_agent.probes import kvm_replay
+from node_agent.publish import publish
+from tests import agent_fixtures as fx
+from tests.helpers import REPO, SHARED
+
+OPERATOR_USER = "armcpu-operator"
+NAMESPACE = "armcpu-system"
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.2)
+
+
+@dataclass
+class OperatorProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def metric(self, name: str) -> float:
+        for line in http_get(self.url + "/metrics")[1].splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{}"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool = True, wait_ready: bool = True,
+                     extra: tuple[str, ...] = ()) -> Iterator[OperatorProcess]:
+    plane.kubectl("create", "namespace", NAMESPACE, check=False)
+    kubeconfig = plane.kubeconfig_for(OPERATOR_USER)
+    port = free_port()
+    args = [sys.executable, "-m", "armcpu_operator", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE,
+            "--identity", identity, "--listen", f"127.0.0.1:{port}", *extra]
+    if webhook:
+        cert, key, ca = plane.serving_cert(f"webhook-{identity}")
+        args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--webhook-cert", str(cert),
+                 "--webhook-key", str(key), "--webhook-ca", str(ca)]
+    log = Path(tempfile.mkstemp(prefix=f"operator-{identity}-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    op = OperatorProcess(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        if wait_ready:
+            wait_for(lambda: proc.poll() is not None or http_get(op.url + "/readyz")[0] == 200, 60, "operator ready")
+            assert proc.poll() is None, f"operator exited: {op.logs()}"
+            if webhook:
+                wait_for(lambda: plane.kubectl("get", "validatingwebhookconfiguration", "armcpu.io", check=False).returncode == 0,
+                         30, "webhook configuration")
+        yield op
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True) -> Profile:
+    cpu = json.loads((SHARED / "cpus" / cpu_file).read_text())
+    root = Path(tempfile.mkdtemp(prefix="host-"))
+    fx.write_host_tree(root, cpu, ncpus=2)
+    replay = kvm_replay.Replay(fx.conversation(fx.registers_of(cpu), kvm.assumed_writable_masks(aarch32_el0)))
+    return collect(node, Sources(root=root, kvm=replay))
+
+
+def add_node(kube: Kube, name: str, labels: dict[str, str], cpu_file: str | None) -> Profile | None:
+    """A Node (as a kubelet would register it) and, if ``cpu_file``, the agent's publication for it."""
+    try:
+        kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    if cpu_file is None:
+        return None
+    profile = make_profile(name, cpu_file)
+    publish(kube, name, profile)
+    return profile
+
+
+def remove_node(kube: Kube, name: str) -> None:
+    """Without a controller-manager there is no garbage collector: delete the profile like GC would."""
+    for path in (f"/apis/armcpu.io/v1alpha1/nodecpuprofiles/{name}", f"/api/v1/nodes/{name}"):
+        try:
+            kube.delete(path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
