@@ -225,6 +225,25 @@ def test_schema_and_cel_reject_what_they_can(control_plane: ControlPlane, doc: s
     assert message in err, err
 
 
+def test_kubectl_explain_and_get_show_the_api(control_plane: ControlPlane, admin: Kube, operator: OperatorProcess) -> None:
+    explained = control_plane.kubectl("explain", "cpumodel.spec.updatePolicy").stdout
+    assert "Pinned: once computed the model stays" in explained
+    explained = control_plane.kubectl("explain", "cpumodels.status.incompatibleNodes").stdout
+    assert "Up to 20 nodes that cannot run the model" in explained
+    add_node(admin, "get-a", {"pool": "get"}, G4)
+    cpumodel(admin, "get", {"nodeSelector": {"matchLabels": {"pool": "get"}}})
+    converged(admin, "get", compatible=1, selected=1, revision=1)
+    table = control_plane.kubectl("get", "cpum", "get").stdout.split("\n")
+    assert table[0].split() == ["NAME", "COMPATIBLE", "SELECTED", "REVISION", "READY", "AGE"]
+    assert table[1].split()[:5] == ["get", "1", "1", "1", "True"]
+    wide = control_plane.kubectl("get", "cpumodels", "get", "-o", "wide").stdout.split("\n")[0].split()
+    assert wide[-3:] == ["POLICY", "FINGERPRINT", "AGE"]
+    denied = control_plane.kubectl("apply", "-f", "-", check=False, input=(
+        "apiVersion: armcpu.io/v1alpha1\nkind: CpuModel\nmetadata: {name: named}\n"
+        "spec: {nodeSelector: {matchLabels: {a: b}}, features: {FEAT_NOPE: Required}}\n")).stderr
+    assert 'admission webhook "validate-cpumodel.armcpu.io" denied the request' in denied, denied
+
+
 def test_invalid_model_created_while_the_webhook_was_down_is_reported(control_plane: ControlPlane, admin: Kube,
                                                                        operator: OperatorProcess) -> None:
     """Remove the webhook (a down webhook is ignored: failurePolicy Ignore); the reconciler says Invalid.

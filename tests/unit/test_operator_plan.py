@@ -1,0 +1,210 @@
+"""The operator's pure reconcile, spec reading and event routing, on real CPU data, no cluster."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from functools import cache
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from armcpu import kvm
+from armcpu import model as algebra
+from armcpu.profile import KvmInfo, Profile, from_dict, to_dict
+from armcpu_k8s import selectors
+from armcpu_operator import plan, spec
+from armcpu_operator.state import State
+from tests.helpers import SHARED
+
+KVM_GUEST = sorted(p.name for p in (SHARED / "cpus/kvm-guest").glob("*.json"))
+NOW, LATER = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
+
+
+@cache
+def profile(file: str) -> Profile:
+    data = json.loads((SHARED / "cpus/kvm-guest" / file).read_text())
+    parsed = from_dict(data, file)
+    # as a Linux 6.18 host reports it: writable masks and writable MIDR/REVIDR/AIDR (cap 239)
+    return replace(parsed, writable=kvm.assumed_writable_masks(True), probe="kvm", kvm=KvmInfo(writable_imp_id_regs=True))
+
+
+def world(members: dict[str, str], pool: str = "p") -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
+    nodes = {name: {"pool": pool, "team": "infra"} for name in members}
+    profiles = {name: to_dict(replace(profile(file), name=name)) for name, file in members.items()}
+    return nodes, profiles
+
+
+def cpumodel(spec_: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "m", "generation": generation}, "spec": spec_, "status": status}
+
+
+def applied(nodes: dict[str, dict[str, str]], p: plan.Plan) -> dict[str, dict[str, str]]:
+    out = copy.deepcopy(nodes)
+    for node, patch in p.label_changes.items():
+        for k, v in patch.items():
+            if v is None:
+                out[node].pop(k, None)
+            else:
+                out[node][k] = v
+    return out
+
+
+SPEC = {"nodeSelector": {"matchLabels": {"pool": "p"}}}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    members=st.lists(st.sampled_from(KVM_GUEST), min_size=1, max_size=4),
+    policy=st.sampled_from(["Pinned", "Follow"]),
+    settings_=st.sampled_from([{}, {"FEAT_SHA3": "Disabled"}, {"FEAT_SVE": "Disabled", "FEAT_PAuth": "Disabled"}, {"FEAT_AES": "Required"}]),
+)
+def test_a_second_reconcile_of_the_same_world_changes_nothing(members: list[str], policy: str, settings_: dict[str, str]) -> None:
+    nodes, profiles = world({f"n{i}": f for i, f in enumerate(members)})
+    s = {**SPEC, "updatePolicy": policy, "features": settings_}
+    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW)
+    second = plan.reconcile(cpumodel(s, first.status), applied(nodes, first), profiles, LATER)
+    assert second.status == first.status
+    assert second.label_changes == {}
+    assert second.events == []
+    # labels say exactly which nodes can run the model
+    labelled = {n for n, labels in applied(nodes, first).items() if plan.label_key("m") in labels}
+    assert labelled == set(first.compatible)
+    if first.status.get("model"):
+        model = plan.model_from_status(first.status["model"])
+        for name in first.compatible:
+            assert algebra.can_run(from_dict({**profiles[name], "name": name}), model).ok
+
+
+def test_pinned_model_holds_when_a_weaker_node_joins_and_a_stronger_leaves() -> None:
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    assert first.status["revision"] == 1 and first.compatible == ("g4",)
+    more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
+    second = plan.reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
+    assert second.status["revision"] == 1 and second.status["fingerprint"] == first.status["fingerprint"]
+    assert second.incompatible == ("g3",) and second.label_changes == {}
+    reasons = second.status["incompatibleNodes"][0]["reasons"]
+    assert reasons[-1].startswith("and ") and all(": node 0x" in r and ", model 0x" in r for r in reasons[:-1])
+    assert [e.reason for e in second.events] == ["NodesIncompatible"]
+    # the strong node leaves: a pinned model never rises or falls
+    only_g3 = {"g3": more_nodes["g3"]}
+    third = plan.reconcile(cpumodel(SPEC, second.status), only_g3, {"g3": more_profiles["g3"]}, LATER)
+    assert third.status["fingerprint"] == first.status["fingerprint"] and third.status["revision"] == 1
+    assert next(c for c in third.status["conditions"] if c["type"] == "Ready")["reason"] == "NoCompatibleNodes"
+
+
+def test_follow_recomputes_and_counts_revisions() -> None:
+    s = {**SPEC, "updatePolicy": "Follow"}
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW)
+    more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
+    second = plan.reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER)
+    assert second.status["revision"] == 2 and set(second.compatible) == {"g3", "g4"}
+    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2"}, "g3": {"cpumodel.armcpu.io/m": "2"}}
+    assert [e.reason for e in second.events] == ["ModelRevised"]
+
+
+def test_spec_change_makes_a_new_revision_of_a_pinned_model() -> None:
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    changed = {**SPEC, "features": {"FEAT_SHA3": "Disabled"}}
+    second = plan.reconcile(cpumodel(changed, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert second.status["revision"] == 2 and "FEAT_SHA3" not in second.status["model"]["features"]
+    assert "FEAT_SHA3" in first.status["model"]["features"]
+
+
+def test_invalid_spec_keeps_the_previous_revision_and_reports_once() -> None:
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    bad = {**SPEC, "features": {"FEAT_NOPE": "Disabled"}}
+    second = plan.reconcile(cpumodel(bad, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert second.label_changes == {}
+    assert second.status["model"] == first.status["model"] and second.status["revision"] == 1
+    invalid = next(c for c in second.status["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True" and invalid["message"] == "spec.features.FEAT_NOPE: unknown feature 'FEAT_NOPE'"
+    assert [e.reason for e in second.events] == ["InvalidSpec"]
+    third = plan.reconcile(cpumodel(bad, second.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert third.events == [] and third.status == second.status
+
+
+def test_labels_leave_nodes_outside_the_pool_and_foreign_keys_stay() -> None:
+    nodes, profiles = world({"a": "graviton4-neoverse-v2-host6.18.json"})
+    nodes["stray"] = {"pool": "other", "cpumodel.armcpu.io/m": "7", "cpumodel.armcpu.io/other": "1"}
+    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    assert result.label_changes == {"a": {"cpumodel.armcpu.io/m": "1"}, "stray": {"cpumodel.armcpu.io/m": None}}
+    assert plan.removal("m", applied(nodes, result)) == {"a": {"cpumodel.armcpu.io/m": None}}
+
+
+def test_mrs_or_missing_profiles_are_incompatible_with_reasons() -> None:
+    nodes, profiles = world({"a": "graviton4-neoverse-v2-host6.18.json", "b": "graviton4-neoverse-v2-host6.18.json"})
+    profiles["b"] = {**profiles["b"], "probe": "mrs"}
+    nodes["c"] = {"pool": "p"}
+    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    listed = {n["name"]: n["reasons"][0] for n in result.status["incompatibleNodes"]}
+    assert set(listed) == {"b", "c"} and "not kvm" in listed["b"] and "no NodeCpuProfile" in listed["c"]
+
+
+def test_incompatible_list_is_capped_with_a_count() -> None:
+    members = {f"n{i:02d}": "graviton2-neoverse-n1-host6.18.json" for i in range(25)}
+    members["strong"] = "graviton4-neoverse-v2-host6.18.json"
+    nodes, profiles = world({"strong": members.pop("strong")})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    more_nodes, more_profiles = world({"strong": "graviton4-neoverse-v2-host6.18.json", **members})
+    second = plan.reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
+    assert len(second.status["incompatibleNodes"]) == plan.MAX_LISTED_NODES
+    assert second.status["incompatibleNodesOmitted"] == 25 - plan.MAX_LISTED_NODES
+    assert second.status["nodes"] == {"selected": 26, "compatible": 1, "incompatible": 25}
+
+
+def test_spec_reports_every_problem_at_once() -> None:
+    request = spec.parse({
+        "nodeSelector": {},
+        "base": "nope",
+        "features": {"FEAT_NOPE": "Disabled", "FEAT_SHA3": "Disabled"},
+        "registers": [{"register": "ID_AA64ISAR0_EL1", "field": "SHA3", "value": 1}, {"register": "CTR_EL0", "field": "DminLine", "value": 16}],
+    })
+    assert sorted(e.split(":")[0] for e in request.errors) == sorted([
+        "spec.nodeSelector", "spec.base", "spec.registers[1] (CTR_EL0.DminLine)", "spec.features.FEAT_NOPE",
+        "spec.registers[0] (ID_AA64ISAR0_EL1.SHA3)",
+    ])
+    assert spec.spec_hash({"a": 1, "b": [1]}) == spec.spec_hash({"b": [1], "a": 1}) != spec.spec_hash({"a": 2, "b": [1]})
+
+
+@pytest.mark.parametrize(("selector", "labels", "expected"), [
+    ({}, {"a": "b"}, False),
+    ({"matchLabels": {"a": "b"}}, {"a": "b", "c": "d"}, True),
+    ({"matchLabels": {"a": "b"}}, {"a": "x"}, False),
+    ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x", "b"]}]}, {"a": "b"}, True),
+    ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["b"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {}, False),
+    ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"a": ""}, False),
+])
+def test_selectors(selector: dict[str, Any], labels: dict[str, str], expected: bool) -> None:
+    assert selectors.matches(selector, labels) is expected
+
+
+def test_only_events_that_can_change_a_model_wake_it() -> None:
+    state = State()
+    sels = {"m": {"matchLabels": {"pool": "p"}}, "other": {"matchLabels": {"pool": "q"}}}
+    assert state.node_event("n", {"pool": "p"}, sels) == ["m"]
+    assert state.node_event("n", {"pool": "p"}, sels) == [], "a heartbeat with the same labels wakes nobody"
+    assert state.node_event("n", {"pool": "q", "cpumodel.armcpu.io/m": "1"}, sels) == ["m", "other"]
+    assert state.node_event("n", None, sels) == ["m", "other"], "deletion wakes the models it was in"
+    assert state.model_event("m", 1, False) and not state.model_event("m", 1, False)
+    assert state.model_event("m", 2, False)
+
+
+def test_mixed_pool_without_writable_identity_registers_says_why() -> None:
+    """Before Linux 6.15 (no cap 239) a guest sees the host's MIDR: only nodes of the chosen identity qualify."""
+    nodes, profiles = world({"a-g3": "graviton3-neoverse-v1-host6.18.json", "b-g4": "graviton4-neoverse-v2-host6.18.json"})
+    for name in profiles:
+        profiles[name] = {**profiles[name], "kvm": {**profiles[name]["kvm"], "writable_imp_id_regs": False}}
+    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    assert result.compatible == ("a-g3",)
+    reasons = result.status["incompatibleNodes"][0]["reasons"]
+    assert result.status["incompatibleNodes"][0]["name"] == "b-g4"
+    assert any("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in r for r in reasons)
