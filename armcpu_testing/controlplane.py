@@ -264,12 +264,12 @@ class ControlPlane:
         return self.workdir / "audit.log"
 
     def _write_audit_policy(self) -> Path:
-        """Log every write request (metadata only): tests count them to prove a quiet reconcile."""
+        """Log every request (metadata only): tests count writes to prove a quiet reconcile, and
+        list the requests a service account made to prove its RBAC is minimal."""
         path = self.workdir / "audit-policy.yaml"
         path.write_text(
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
-            "- level: Metadata\n  verbs: [create, update, patch, delete, deletecollection]\n"
-            "- level: None\n"
+            "- level: Metadata\n"
         )
         return path
 
@@ -277,19 +277,36 @@ class ControlPlane:
         """A position in the audit log; pass it to :meth:`writes_since`."""
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
-    def writes_since(self, mark: int, user: str | None = None) -> list[dict[str, Any]]:
-        """Write requests the API server completed after ``mark`` (optionally by one user name).
+    def requests_since(self, mark: int, user: str | None = None) -> list[dict[str, Any]]:
+        """Requests the API server completed after ``mark`` (optionally by one user name).
 
         The audit backend runs in blocking mode, so a request is in the log before its response
-        reaches the client.
+        reaches the client. The API server's own requests (its identity Lease every ~10 s, its
+        informers) are left out.
         """
         with open(self.audit_log, "rb") as log:
             log.seek(mark)
             lines = log.read().decode().splitlines()
         events = [json.loads(line) for line in lines if line.strip()]
-        # The API server's own writes (its identity Lease, every ~10s) are nobody's reconcile.
-        events = [e for e in events if e.get("user", {}).get("username") != "system:apiserver"]
+        events = [e for e in events if e.get("stage") == "ResponseComplete" and e.get("user", {}).get("username") != "system:apiserver"]
         return [e for e in events if user is None or e.get("user", {}).get("username") == user]
+
+    def writes_since(self, mark: int, user: str | None = None) -> list[dict[str, Any]]:
+        """Write requests (create, update, patch, delete) completed after ``mark``."""
+        writes = {"create", "update", "patch", "delete", "deletecollection"}
+        return [e for e in self.requests_since(mark, user) if e.get("verb") in writes]
+
+    def kubeconfig_with_token(self, name: str, token: str) -> Path:
+        """A kubeconfig that authenticates with a bearer token (e.g. a service account's)."""
+        directory = self.workdir / "users" / name
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "kubeconfig"
+        path.write_text(
+            f"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {self.url}\n"
+            f"    certificate-authority: {self.workdir / 'pki' / 'ca.crt'}\nusers:\n- name: u\n  user:\n    token: {token}\n"
+            "contexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n"
+        )
+        return path
 
     def _write_kubeconfig(self, pki: Path) -> None:
         self.kubeconfig.write_text(

@@ -71,16 +71,17 @@ class OperatorProcess:
 
 @contextmanager
 def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool = True, wait_ready: bool = True,
-                     extra: tuple[str, ...] = ()) -> Iterator[OperatorProcess]:
-    plane.kubectl("create", "namespace", NAMESPACE, check=False)
-    kubeconfig = plane.kubeconfig_for(OPERATOR_USER)
+                     extra: tuple[str, ...] = (), kubeconfig: Path | None = None, namespace: str = NAMESPACE) -> Iterator[OperatorProcess]:
+    """The operator as a process; by default as user armcpu-operator (system:masters), or with ``kubeconfig``."""
+    plane.kubectl("create", "namespace", namespace, check=False)
+    kubeconfig = kubeconfig or plane.kubeconfig_for(OPERATOR_USER)
     port = free_port()
-    args = [sys.executable, "-m", "armcpu_operator", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE,
+    args = [sys.executable, "-m", "armcpu_operator", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
             "--identity", identity, "--listen", f"127.0.0.1:{port}", *extra]
     if webhook:
         cert, key, ca = plane.serving_cert(f"webhook-{identity}")
         args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--webhook-cert", str(cert),
-                 "--webhook-key", str(key), "--webhook-ca", str(ca)]
+                 "--webhook-key", str(key), "--webhook-ca", str(ca), "--webhook-config", "armcpu.io"]
     log = Path(tempfile.mkstemp(prefix=f"operator-{identity}-", suffix=".log")[1])
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

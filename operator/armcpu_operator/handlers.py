@@ -49,7 +49,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             addr=hook.addr, port=hook.port, host=hook.host, certfile=str(hook.certfile), pkeyfile=str(hook.keyfile),
             cafile=str(hook.cafile) if hook.cafile else None,
         )
-        settings.admission.managed = hook.config_name
+        if hook.config_name:
+            settings.admission.managed = hook.config_name
 
 
 @kopf.on.login()

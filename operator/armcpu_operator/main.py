@@ -19,7 +19,7 @@ import kopf
 
 from armcpu_k8s import logs, serving
 from armcpu_k8s.kube import ConfigError, Kube, load_credentials
-from armcpu_operator import handlers, metrics
+from armcpu_operator import cleanup, handlers, metrics
 from armcpu_operator.leader import LeaderElection
 from armcpu_operator.runtime import RUNTIME, Webhook
 
@@ -38,7 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--webhook-host", default="127.0.0.1", help="host name the API server uses to reach the webhook")
     p.add_argument("--webhook-cert", type=Path, help="TLS certificate (PEM) of the webhook server")
     p.add_argument("--webhook-key", type=Path, help="TLS key (PEM) of the webhook server")
-    p.add_argument("--webhook-ca", type=Path, help="CA bundle put into the ValidatingWebhookConfiguration")
+    p.add_argument("--webhook-ca", type=Path, help="CA bundle put into the ValidatingWebhookConfiguration (with --webhook-config)")
+    p.add_argument("--webhook-config", default="", help="let the operator create and own a ValidatingWebhookConfiguration of this name "
+                   "(default: none; the Helm chart ships its own)")
+    p.add_argument("command", nargs="?", choices=("run", "cleanup"), default="run",
+                   help="run (default), or cleanup: remove every armcpu label from every node and exit (the chart's uninstall hook)")
     p.add_argument("--resync", type=float, default=300.0, help="seconds between unconditional reconciles of each CpuModel")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     return p.parse_args(argv)
@@ -57,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no cluster credentials", extra={"error": str(exc)})
         return 2
     RUNTIME.kube = Kube(credentials, on_write=lambda verb, path, code: metrics.API_WRITES.labels(verb, str(code)).inc())
+    if args.command == "cleanup":
+        return cleanup.run(RUNTIME.kube)
     RUNTIME.resync_seconds = args.resync
     if args.webhook_port:
         if not (args.webhook_cert and args.webhook_key):
             log.error("--webhook-port needs --webhook-cert and --webhook-key")
             return 2
         RUNTIME.webhook = Webhook(port=args.webhook_port, host=args.webhook_host, certfile=args.webhook_cert,
-                                  keyfile=args.webhook_key, cafile=args.webhook_ca)
+                                  keyfile=args.webhook_key, cafile=args.webhook_ca, config_name=args.webhook_config or None)
         handlers.register_webhook()
     assert handlers.STATE is not None  # importing handlers registered them with kopf
 

@@ -16,7 +16,7 @@ class Webhook:
     keyfile: Path
     cafile: Path | None = None
     addr: str = "0.0.0.0"
-    config_name: str = "armcpu.io"
+    config_name: str | None = None  # kopf manages a ValidatingWebhookConfiguration of this name
 
 
 @dataclass
