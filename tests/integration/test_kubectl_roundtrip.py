@@ -1,11 +1,11 @@
-"""The user's path through a real API server: kubectl apply, read back with the Python client,
+"""The user's path through a real API server: kubectl apply, read back with armcpu's API client,
 and the API server's own validation of KubeVirt's real VirtualMachine schema."""
 
 from __future__ import annotations
 
 import pytest
-from kubernetes import client, config
 
+from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
@@ -28,8 +28,8 @@ spec:
 """
 
 
-def api(plane: ControlPlane) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig)))
+def api(plane: ControlPlane) -> Kube:
+    return Kube(load_kubeconfig(plane.kubeconfig))
 
 
 def test_kubevirt_crds_are_served(control_plane: ControlPlane) -> None:
@@ -39,10 +39,10 @@ def test_kubevirt_crds_are_served(control_plane: ControlPlane) -> None:
     assert '"gitVersion": "v1.35.4"' in version
 
 
-def test_applied_vm_reads_back_through_the_python_client(control_plane: ControlPlane) -> None:
+def test_applied_vm_reads_back_through_the_api_client(control_plane: ControlPlane) -> None:
     out = control_plane.kubectl("apply", "-f", "-", input=VM.format(name="rt-ok", run_strategy="Halted"))
     assert "virtualmachine.kubevirt.io/rt-ok created" in out.stdout
-    vm = api(control_plane).get_namespaced_custom_object("kubevirt.io", "v1", "default", "virtualmachines", "rt-ok")
+    vm = api(control_plane).get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/rt-ok")
     assert vm["spec"]["runStrategy"] == "Halted"
     assert vm["spec"]["template"]["spec"]["domain"]["cpu"] == {"model": "host-passthrough", "cores": 2}
     assert vm["metadata"]["labels"] == {"app": "roundtrip"}
@@ -64,5 +64,5 @@ def test_unknown_fields_are_pruned_by_the_structural_schema(control_plane: Contr
     )
     proc = control_plane.kubectl("apply", "--validate=false", "-f", "-", input=doc)
     assert proc.returncode == 0
-    vm = api(control_plane).get_namespaced_custom_object("kubevirt.io", "v1", "default", "virtualmachines", "rt-prune")
+    vm = api(control_plane).get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/rt-prune")
     assert "armcpuBogus" not in vm["spec"]
