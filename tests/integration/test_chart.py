@@ -237,9 +237,18 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     assert {w["objectRef"]["name"] for w in writes} >= {"chart-clean"} and len([w for w in writes if w["objectRef"]["name"] == "chart-clean"]) == 1
 
 
-def test_uninstall_keeps_crds(control_plane: ControlPlane, admin: Kube) -> None:
-    control_plane.helm("install", "armcpu-gone", CHART, "--namespace", "armcpu-gone", "--create-namespace")
+def test_install_with_every_option_on_then_uninstall_keeps_crds(control_plane: ControlPlane, admin: Kube, thirdparty_crds: None) -> None:
+    control_plane.helm("install", "armcpu-gone", CHART, "--namespace", "armcpu-gone", "--create-namespace", *ALL_ON)
+    for path in ("/apis/monitoring.coreos.com/v1/namespaces/armcpu-gone/servicemonitors/armcpu-gone-operator",
+                 "/apis/monitoring.coreos.com/v1/namespaces/armcpu-gone/podmonitors/armcpu-gone-agent",
+                 "/apis/monitoring.coreos.com/v1/namespaces/armcpu-gone/prometheusrules/armcpu-gone",
+                 "/apis/cert-manager.io/v1/namespaces/armcpu-gone/certificates/armcpu-gone-webhook-tls",
+                 "/apis/cert-manager.io/v1/namespaces/armcpu-gone/issuers/armcpu-gone-selfsigned"):
+        assert admin.get(path)
+    hook = admin.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/armcpu-gone-cpumodels")
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "armcpu-gone/armcpu-gone-webhook-tls"
     control_plane.helm("uninstall", "armcpu-gone", "--namespace", "armcpu-gone", "--no-hooks")
+    assert admin.get_or_none("/apis/monitoring.coreos.com/v1/namespaces/armcpu-gone/prometheusrules/armcpu-gone") is None
     assert admin.get_or_none("/apis/apps/v1/namespaces/armcpu-gone/deployments/armcpu-gone-operator") is None
     assert admin.get_or_none("/apis/rbac.authorization.k8s.io/v1/clusterroles/armcpu-gone-operator") is None
     for crd in ("cpumodels.armcpu.io", "nodecpuprofiles.armcpu.io"):
