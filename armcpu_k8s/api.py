@@ -124,6 +124,11 @@ class CpuModelSpec(_Schema):
     """What the user asks for: a node pool, an optional cap, and feature adjustments."""
 
     nodeSelector: LabelSelector = Field(description="The node pool. Nodes without a NodeCpuProfile are reported, not used.")
+    vmSelector: LabelSelector | None = Field(
+        None,
+        description="KubeVirt VirtualMachines (any namespace) that use this model: armcpu pins them to compatible nodes and "
+        "records the model on their template. Omitted: no VM is touched. A VM selected by two CpuModels is left unchanged (Event).",
+    )
     base: str | None = Field(None, max_length=63, description="A named model (armcpu models) that caps the result; omitted: the pool itself.")
     features: dict[str, FeatureSetting] = Field(
         default_factory=dict,
@@ -162,6 +167,7 @@ class ModelStatus(_Schema):
     midr: str = Field(pattern=HEX32, description="MIDR the guest sees.")
     implementations: list[Implementation] = Field(default_factory=list, description="Every member's identity (for errata hypercalls).")
     qemu: str | None = Field(None, description="QEMU -cpu argument for the model (qemu-sysreg-v9 syntax, under review upstream).")
+    libvirtDisabled: list[str] = Field(default_factory=list, description="vCPU features (sve, pauth) selected VMs get with policy disable.")
     members: list[str] = Field(default_factory=list, description="Nodes whose profiles the model was computed from.")
 
 
@@ -169,6 +175,12 @@ class NodeCounts(_Schema):
     selected: int = 0
     compatible: int = 0
     incompatible: int = 0
+
+
+class VmCounts(_Schema):
+    selected: int = Field(0, description="VMs this model's vmSelector matches.")
+    current: int = Field(0, description="Selected VMs whose template carries the current revision.")
+    ambiguous: int = Field(0, description="Selected VMs also selected by another CpuModel, left unchanged.")
 
 
 class IncompatibleNode(_Schema):
@@ -192,6 +204,7 @@ class CpuModelStatus(_Schema):
     specHash: str | None = Field(None, description="Hash of the spec the current revision was computed for.")
     model: ModelStatus | None = None
     nodes: NodeCounts | None = None
+    vms: VmCounts | None = None
     incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")
     incompatibleNodesOmitted: int = Field(0, description="How many incompatible nodes are not listed.")
     conditions: list[Condition] = Field(

@@ -104,15 +104,18 @@ def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool 
                 proc.wait()
 
 
-def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True) -> Profile:
+def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True, overrides: dict[str, int] | None = None) -> Profile:
+    """The profile the agent publishes for a host with ``cpu_file``'s registers (``overrides`` replaced)."""
     cpu = json.loads((SHARED / "cpus" / cpu_file).read_text())
+    for register, value in (overrides or {}).items():
+        cpu["registers"][register] = f"0x{value:016x}"
     root = Path(tempfile.mkdtemp(prefix="host-"))
     fx.write_host_tree(root, cpu, ncpus=2)
     replay = kvm_replay.Replay(fx.conversation(fx.registers_of(cpu), kvm.assumed_writable_masks(aarch32_el0)))
     return collect(node, Sources(root=root, kvm=replay))
 
 
-def add_node(kube: Kube, name: str, labels: dict[str, str], cpu_file: str | None) -> Profile | None:
+def add_node(kube: Kube, name: str, labels: dict[str, str], cpu_file: str | None, overrides: dict[str, int] | None = None) -> Profile | None:
     """A Node (as a kubelet would register it) and, if ``cpu_file``, the agent's publication for it."""
     try:
         kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
@@ -121,7 +124,7 @@ def add_node(kube: Kube, name: str, labels: dict[str, str], cpu_file: str | None
             raise
     if cpu_file is None:
         return None
-    profile = make_profile(name, cpu_file)
+    profile = make_profile(name, cpu_file, overrides=overrides)
     publish(kube, name, profile)
     return profile
 

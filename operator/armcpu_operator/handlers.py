@@ -12,11 +12,12 @@ import copy
 import datetime
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from armcpu_operator import act, metrics, plan
+from armcpu_k8s.kube import ApiError
+from armcpu_operator import act, metrics, plan, vms
 from armcpu_operator import spec as specs
 from armcpu_operator.runtime import RUNTIME
 from armcpu_operator.state import State
@@ -75,7 +76,18 @@ def model_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str,
     return {name: copy.deepcopy(dict(spec.get("nodeSelector") or {}))}
 
 
-def _single(index: kopf.Index[str, Any]) -> dict[str, Any]:
+@kopf.index(GROUP, VERSION, "cpumodels")
+def model_vm_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any] | None]:
+    selector = spec.get("vmSelector")
+    return {name: copy.deepcopy(dict(selector)) if selector else None}
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachines")
+def virtual_machines(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): vms.subset(body)}
+
+
+def _single(index: Any) -> dict[Any, Any]:
     return {key: next(iter(store)) for key, store in index.items() if len(store)}
 
 
@@ -93,6 +105,13 @@ def profile_event(name: str, **kwargs: Any) -> None:
         STATE.trigger(model)
 
 
+@kopf.on.event("kubevirt.io", "v1", "virtualmachines")
+def vm_event(type: str, body: kopf.Body, name: str, namespace: str | None, **kwargs: Any) -> None:
+    vm = None if type == "DELETED" else vms.subset(body)
+    for model in STATE.vm_event((namespace or "", name), vm, _single(kwargs["model_vm_selectors"])):
+        STATE.trigger(model)
+
+
 @kopf.on.event(GROUP, VERSION, "cpumodels")
 def model_event(type: str, name: str, meta: kopf.Meta, **_: Any) -> None:
     if STATE.model_event(name, meta.get("generation"), type == "DELETED"):
@@ -105,16 +124,49 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str, Any], node_profiles: kopf.Index[str, Any]) -> bool:
+async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any]) -> tuple[dict[str, int], bool]:
+    """Patch the VMs this model selects (or once patched); returns the VM counts and success."""
+    model = status.get("model")
+    desired = vms.Desired(name, int(status["revision"]), str(status["fingerprint"]), tuple(model.get("libvirtDisabled") or ())) if model else None
+    view = STATE.vms_view(_single(indexes["virtual_machines"]))
+    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
+    ok = True
+    for key, ops in result.patches.items():
+        try:
+            await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
+            STATE.written_vms[key] = result.targets[key]
+        except ApiError as exc:
+            if exc.status in (409, 422):  # changed since we read it: the next reconcile starts from the new state
+                ok = False
+            elif exc.status != 404:
+                log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
+                ok = False
+    for key, models in result.ambiguous.items():
+        if key not in STATE.ambiguous_reported:
+            STATE.ambiguous_reported.add(key)
+            kopf.event(kopf.Body(cast(kopf.RawBody, view[key])), type="Warning", reason="AmbiguousCpuModel",
+                       message=f"selected by CpuModels {', '.join(models)}: armcpu leaves this VM unchanged until one selector drops it")
+    STATE.ambiguous_reported -= result.selected - set(result.ambiguous)
+    if result.patches:
+        log.info("patched VMs", extra={"cpumodel": name, "vms": ["/".join(k) for k in result.patches]})
+    return result.counts, ok
+
+
+async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str, Any], node_profiles: kopf.Index[str, Any],
+                         indexes: dict[str, Any]) -> bool:
     start = time.monotonic()
     observed_status = copy.deepcopy(dict(body.get("status") or {})) or None
     status = STATE.status_view(name, observed_status)
-    obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": copy.deepcopy(dict(body.spec)), "status": status}
+    spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
+    obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
     nodes = STATE.labels_view(_single(node_labels))
     result = plan.reconcile(obj, nodes, _single(node_profiles), _now())
     kube = _kube()
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
     STATE.remember_labels(result.label_changes, failed)
+    vm_counts, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
+    if result.status.get("model") is not None or (status or {}).get("vms"):
+        result.status["vms"] = vm_counts
     if await asyncio.to_thread(act.apply_status, kube, name, status, result.status):
         STATE.written_status[name] = result.status
     for event in result.events:
@@ -128,7 +180,7 @@ async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str
     if result.label_changes or result.events:
         log.info("reconciled", extra={"cpumodel": name, "revision": result.status.get("revision"), "labels": sorted(result.label_changes),
                                       "compatible": len(result.compatible), "incompatible": len(result.incompatible)})
-    return not failed
+    return not failed and vms_ok
 
 
 @kopf.daemon(GROUP, VERSION, "cpumodels", cancellation_timeout=5.0)
@@ -151,7 +203,7 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
             trigger.clear()
             await asyncio.sleep(RUNTIME.debounce_seconds)  # one reconcile for a burst of node events
             try:
-                if not await reconcile_once(name, body, node_labels, node_profiles):
+                if not await reconcile_once(name, body, node_labels, node_profiles, kwargs):
                     metrics.RECONCILE_ERRORS.labels(name).inc()
                     asyncio.get_running_loop().call_later(5.0, trigger.set)
             except Exception as exc:  # never let one bad reconcile kill the loop
@@ -170,6 +222,15 @@ async def cleanup(name: str, **kwargs: Any) -> None:
     if failed:
         raise kopf.TemporaryError(f"could not remove {plan.label_key(name)} from {', '.join(failed)}", delay=10)
     STATE.remember_labels(changes, [])
+    view = STATE.vms_view(_single(kwargs["virtual_machines"]))
+    for key, vm in view.items():
+        if vms.uses(vm) == name and (ops := vms.patch(vm, None)):
+            try:
+                await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
+                STATE.written_vms[key] = vms.target(vm, None)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise kopf.TemporaryError(f"could not restore VM {key[0]}/{key[1]}: {exc.message}", delay=5) from None
     STATE.triggers.pop(name, None)
     metrics.forget(name)
     log.info("cpumodel deleted; labels removed", extra={"cpumodel": name, "nodes": sorted(changes)})

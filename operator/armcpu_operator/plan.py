@@ -52,13 +52,14 @@ def label_key(model_name: str) -> str:
     return keys.MODEL_PREFIX + model_name
 
 
-def model_to_status(model: algebra.Model, qemu: str | None) -> dict[str, Any]:
+def model_to_status(model: algebra.Model, qemu: str | None, libvirt_disabled: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "registers": {k: hex64(v) for k, v in sorted(model.registers.items())},
         "features": feats.decode(model.registers),
         "midr": f"0x{model.value('MIDR_EL1'):08x}",
         "implementations": [{"midr": f"0x{t.midr:08x}", "revidr": hex64(t.revidr), "aidr": hex64(t.aidr)} for t in model.targets],
         "qemu": qemu,
+        "libvirtDisabled": list(libvirt_disabled),
         "members": list(model.members),
     }
 
@@ -109,15 +110,15 @@ def _refusal_reasons(check: algebra.CanRun) -> list[str]:
     return msgs
 
 
-def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model | None, str | None, str]:
-    """(model, qemu rendering, problem). problem is '' when the model was computed."""
+def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model | None, tuple[str | None, tuple[str, ...]], str]:
+    """(model, (qemu rendering, libvirt-disabled features), problem). problem is '' when the model was computed."""
     if not pool:
-        return None, None, "no selected node has a usable NodeCpuProfile"
+        return None, (None, ()), "no selected node has a usable NodeCpuProfile"
     combined = algebra.combine(pool)
     if not combined.feasible:
         reasons = "; ".join(b.message() for b in combined.blockers[:5])
         more = f" (and {len(combined.blockers) - 5} more)" if len(combined.blockers) > 5 else ""
-        return None, None, f"the selected nodes cannot share one model: {reasons}{more}"
+        return None, (None, ()), f"the selected nodes cannot share one model: {reasons}{more}"
     try:
         applied = algebra.apply(
             combined.model,
@@ -128,9 +129,10 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
             pool=pool,
         )
     except algebra.SettingError as exc:
-        return None, None, f"spec.{exc}"
+        return None, (None, ()), f"spec.{exc}"
     qemu = render.QemuSysregV9().render(applied.model, pool).cpu_arg
-    return applied.model, qemu, ""
+    libvirt = render.LibvirtToday().render(applied.model, pool).libvirt_disabled
+    return applied.model, (qemu, libvirt), ""
 
 
 def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]], profiles: Mapping[str, Mapping[str, Any]],
@@ -164,19 +166,20 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
 
     current = model_from_status(old["model"]) if old.get("model") and old.get("specHash") == request.spec_hash else None
     revision = int(old.get("revision") or 0)
-    model, qemu, problem = (current, (old.get("model") or {}).get("qemu"), "")
+    old_model = old.get("model") or {}
+    model, rendered, problem = current, (old_model.get("qemu"), tuple(old_model.get("libvirtDisabled") or ())), ""
     if current is None or request.policy == "Follow":
-        computed, computed_qemu, problem = _compute(request, pool)
+        computed, computed_rendered, problem = _compute(request, pool)
         if computed is not None and (current is None or dict(computed.registers) != dict(current.registers)
                                      or computed.targets != current.targets):
-            model, qemu = computed, computed_qemu
+            model, rendered = computed, computed_rendered
             revision += 1
             members = _names([p.name for p in pool])
             events.append(Event("Normal", "ModelRevised",
                                 f"revision {revision} (fingerprint {computed.fingerprint}) computed from {len(pool)} node(s): {members}"))
     if model is None and old.get("model"):
         # Nothing computable now (e.g. every node left): keep serving the last revision to running VMs.
-        model, qemu = model_from_status(old["model"]), old["model"].get("qemu")
+        model, rendered = model_from_status(old["model"]), (old_model.get("qemu"), tuple(old_model.get("libvirtDisabled") or ()))
 
     incompatible: dict[str, list[str]] = dict(broken)
     compatible: list[str] = []
@@ -221,7 +224,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         "revision": revision if model is not None else None,
         "fingerprint": model.fingerprint if model is not None else None,
         "specHash": request.spec_hash if model is not None else old.get("specHash"),
-        "model": model_to_status(model, qemu) if model is not None else None,
+        "model": model_to_status(model, *rendered) if model is not None else None,
         "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
         "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
         "incompatibleNodesOmitted": max(0, len(inc_names) - MAX_LISTED_NODES),

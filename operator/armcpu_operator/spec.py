@@ -19,6 +19,7 @@ from armcpu_k8s import selectors
 @dataclass(frozen=True)
 class Request:
     selector: Mapping[str, Any]
+    vm_selector: Mapping[str, Any] | None
     base: named_models.NamedModel | None
     feature_settings: Mapping[str, str]
     register_settings: Mapping[str, int]  # "REGISTER.FIELD" -> value
@@ -40,6 +41,9 @@ def parse(spec: Mapping[str, Any]) -> Request:
     errors: list[str] = []
     selector = spec.get("nodeSelector") or {}
     errors += [f"spec.{e}" for e in selectors.check(selector)]
+    vm_selector = spec.get("vmSelector")
+    if vm_selector is not None:
+        errors += [f"spec.{e}" for e in selectors.check(vm_selector, "vmSelector")]
 
     base = None
     if spec.get("base"):
@@ -81,6 +85,7 @@ def parse(spec: Mapping[str, Any]) -> Request:
 
     return Request(
         selector=selector,
+        vm_selector=vm_selector,
         base=base,
         feature_settings=feature_settings,
         register_settings=register_settings,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from armcpu_k8s import selectors
-from armcpu_operator import plan
+from armcpu_operator import plan, vms
 
 
 @dataclass
@@ -23,6 +23,9 @@ class State:
     model_generations: dict[str, int | None] = field(default_factory=dict)
     written_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     written_labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    vm_labels: dict[tuple[str, str], tuple[dict[str, str], str | None]] = field(default_factory=dict)
+    written_vms: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    ambiguous_reported: set[tuple[str, str]] = field(default_factory=set)
 
     def trigger(self, model: str) -> None:
         self.triggers.setdefault(model, asyncio.Event()).set()
@@ -61,7 +64,33 @@ class State:
         self.model_generations[name] = generation
         return changed
 
+    def vm_event(self, key: tuple[str, str], vm: Mapping[str, Any] | None,
+                 vm_selectors: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+        """Models to wake for a VM change: those selecting it before or after, and the one it records."""
+        old_labels, old_model = self.vm_labels.get(key, ({}, None))
+        if vm is None:
+            self.vm_labels.pop(key, None)
+            new_labels, new_model = {}, None
+        else:
+            new_labels = dict((vm.get("metadata") or {}).get("labels") or {})
+            new_model = vms.uses(vm)
+            self.vm_labels[key] = (new_labels, new_model)
+        if (old_labels, old_model) == (new_labels, new_model):
+            return []
+        woken = {m for m, sel in vm_selectors.items() if sel and (selectors.matches(sel, old_labels) or selectors.matches(sel, new_labels))}
+        woken |= {m for m in (old_model, new_model) if m}
+        return sorted(woken)
+
     # --- writes not yet echoed by the watch
+
+    def vms_view(self, indexed: Mapping[tuple[str, str], Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        out = {k: dict(v) for k, v in indexed.items()}
+        for key, written in list(self.written_vms.items()):
+            if key not in out or vms.roots_equal(out[key], written):
+                self.written_vms.pop(key, None)
+            else:
+                out[key] = written
+        return out
 
     def status_view(self, name: str, observed: Mapping[str, Any] | None) -> dict[str, Any] | None:
         written = self.written_status.get(name)

@@ -30,6 +30,16 @@ ALL_ON = ("--set", "monitoring.serviceMonitor=true", "--set", "monitoring.podMon
           "--set", "webhook.certManager.enabled=true", "--set", "agent.featureLabels=true")
 G4 = "kvm-guest/graviton4-neoverse-v2-host6.18.json"
 G3 = "kvm-guest/graviton3-neoverse-v1-host6.18.json"
+VM = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain: {{cpu: {{model: host-passthrough}}, devices: {{}}, memory: {{guest: 1Gi}}}}
+"""
 
 
 def _docs(text: str) -> list[dict[str, Any]]:
@@ -160,11 +170,15 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     mark = control_plane.audit_mark()
     with running_operator(control_plane, identity="chart-op", webhook=False, kubeconfig=kubeconfig, namespace=NS,
                           extra=("--lease-name", account)):
+        control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-vm", app="chart-op"))
         admin.create("/apis/armcpu.io/v1alpha1/cpumodels", {
             "apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "chart-op"},
-            "spec": {"nodeSelector": {"matchLabels": {"pool": "chart-op"}}},
+            "spec": {"nodeSelector": {"matchLabels": {"pool": "chart-op"}}, "vmSelector": {"matchLabels": {"app": "chart-op"}}},
         })
         wait_for(lambda: admin.get("/api/v1/nodes/chart-op-a")["metadata"]["labels"].get("cpumodel.armcpu.io/chart-op") == "1", 30, "labelled")
+        vm_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/chart-vm"
+        wait_for(lambda: (admin.get(vm_path)["spec"]["template"]["spec"].get("nodeSelector") or {}).get("cpumodel.armcpu.io/chart-op") == "1",
+                 30, "VM patched")
         admin.delete("/apis/armcpu.io/v1alpha1/cpumodels/chart-op")
         wait_for(lambda: admin.get_or_none("/apis/armcpu.io/v1alpha1/cpumodels/chart-op") is None, 30, "deleted")
         wait_for(lambda: ("coordination.k8s.io", "leases", "update") in _used(control_plane, mark, user)[0], 15, "a Lease renewal")
@@ -178,7 +192,7 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     used, refused = _used(control_plane, mark, user)
     assert [(e["verb"], e["objectRef"]) for e in refused if e["verb"] not in ("delete",) and e["objectRef"].get("resource") != "secrets"] == []
     granted = _granted(control_plane, "templates/operator-rbac.yaml")
-    assert len(granted) == 13
+    assert len(granted) == 16
     assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
     assert "cpumodel.armcpu.io/chart-op" not in admin.get("/api/v1/nodes/chart-op-a")["metadata"]["labels"]
 
