@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import kopf
 
+from armcpu_k8s import selectors
 from armcpu_k8s.kube import ApiError
 from armcpu_operator import act, metrics, plan, vms
 from armcpu_operator import spec as specs
@@ -77,9 +78,21 @@ def model_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str,
 
 
 @kopf.index(GROUP, VERSION, "cpumodels")
-def model_vm_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any] | None]:
+def model_vm_selectors(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any] | None]:
     selector = spec.get("vmSelector")
+    if meta.get("deletionTimestamp"):
+        return {name: None}  # being deleted: it releases its VMs, the webhook must not dress them again
     return {name: copy.deepcopy(dict(selector)) if selector else None}
+
+
+@kopf.index(GROUP, VERSION, "cpumodels")
+def model_definitions(name: str, status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any] | None]:
+    """What a selected VM is dressed with at admission: the current revision's definition."""
+    model = status.get("model")
+    if not model or status.get("revision") is None or meta.get("deletionTimestamp"):
+        return {name: None}
+    return {name: {"revision": status["revision"], "fingerprint": status.get("fingerprint"),
+                   "libvirtDisabled": list(model.get("libvirtDisabled") or [])}}
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachines")
@@ -246,7 +259,30 @@ def validate_cpumodel(spec: kopf.Spec, **_: Any) -> None:
         raise kopf.AdmissionError("; ".join(request.errors), code=422)
 
 
+def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    """Dress a VM that exactly one CpuModel selects, so it never starts without its model. The
+    reconciler does the same afterwards (the backstop for VMs created while the webhook was down)."""
+    vm_labels = (body.get("metadata") or {}).get("labels") or {}
+    matched = [m for m, sel in _single(kwargs["model_vm_selectors"]).items() if sel and selectors.matches(sel, vm_labels)]
+    if len(matched) != 1:
+        return  # none, or ambiguous: left unchanged (the reconciler posts the Event)
+    definition = _single(kwargs["model_definitions"]).get(matched[0])
+    if not definition:
+        return  # no model computed yet
+    desired = vms.Desired(matched[0], int(definition["revision"]), str(definition["fingerprint"]), tuple(definition["libvirtDisabled"]))
+
+    def dress(raw: kopf.RawBody) -> None:
+        goal = vms.target(raw, desired)
+        mutable = cast(dict[str, Any], raw)
+        mutable.clear()
+        mutable.update(goal)
+
+    patch.fns.append(dress)
+
+
 def register_webhook() -> None:
     """Registered only when main() configures a webhook server (kopf refuses handlers without one)."""
     kopf.on.validate(GROUP, VERSION, "cpumodels", id="validate-cpumodel", operations=["CREATE", "UPDATE"],
                      ignore_failures=True)(validate_cpumodel)
+    kopf.on.mutate("kubevirt.io", "v1", "virtualmachines", id="mutate-vm", operations=["CREATE", "UPDATE"],
+                   ignore_failures=True)(mutate_vm)

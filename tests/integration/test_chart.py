@@ -94,7 +94,8 @@ def test_rendered_manifests_pass_server_side_validation(control_plane: ControlPl
     out = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=render(control_plane, *options))
     kinds = {line.split("/")[0] for line in out.stdout.splitlines()}
     assert {"deployment.apps", "daemonset.apps", "validatingadmissionpolicy.admissionregistration.k8s.io",
-            "validatingwebhookconfiguration.admissionregistration.k8s.io", "job.batch"} <= kinds
+            "validatingwebhookconfiguration.admissionregistration.k8s.io", "mutatingwebhookconfiguration.admissionregistration.k8s.io",
+            "job.batch"} <= kinds
     if options:
         assert {"servicemonitor.monitoring.coreos.com", "podmonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com",
                 "certificate.cert-manager.io", "issuer.cert-manager.io"} <= kinds
@@ -112,6 +113,8 @@ def test_safe_defaults_in_the_rendered_pods(control_plane: ControlPlane) -> None
     assert operator["replicas"] == 1 and operator["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     hook = docs[("ValidatingWebhookConfiguration", f"{RELEASE}-cpumodels")]["webhooks"][0]
     assert hook["failurePolicy"] == "Ignore" and hook["clientConfig"]["service"]["path"] == "/validate-cpumodel"
+    mutate = docs[("MutatingWebhookConfiguration", f"{RELEASE}-virtualmachines")]["webhooks"][0]
+    assert mutate["failurePolicy"] == "Ignore" and mutate["clientConfig"]["service"]["path"] == "/mutate-vm"
     secret = docs[("Secret", f"{RELEASE}-webhook-tls")]["data"]
     assert hook["clientConfig"]["caBundle"] == secret["ca.crt"], "the caBundle is the CA that signed the served certificate"
 

@@ -72,7 +72,7 @@ def admin(control_plane: ControlPlane) -> Kube:
 
 @pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane, identity="op-vms", webhook=False) as op:
+    with running_operator(control_plane, identity="op-vms", webhook=True) as op:
         yield op
 
 
@@ -108,9 +108,17 @@ def test_selected_vms_get_the_model_and_keep_their_own_settings(control_plane: C
     check = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=_as_yaml(patched))
     assert check.returncode == 0
 
-    # a VM created later is patched too (by the reconciler: no mutating webhook yet)
+    # a VM created later is admitted already dressed by the mutating webhook: no patch needed afterwards
+    import json
+
+    dry = json.loads(control_plane.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                           input=VM.format(name="dry", app="web")).stdout)
+    assert dry["spec"]["template"]["spec"]["nodeSelector"] == {"cpumodel.armcpu.io/vmpool": str(status["revision"])}
+    mark = control_plane.audit_mark()
     _apply_vm(control_plane, "after", "web")
-    wait_for(lambda: (_template(admin, "after")["spec"].get("nodeSelector") or {}).get("cpumodel.armcpu.io/vmpool"), 30, "new VM patched")
+    assert (_template(admin, "after")["spec"].get("nodeSelector") or {}).get("cpumodel.armcpu.io/vmpool") == str(status["revision"])
+    time.sleep(1.5)
+    assert [w for w in control_plane.writes_since(mark, OPERATOR_USER) if w["objectRef"]["resource"] == "virtualmachines"] == []
 
     # nothing is written to VMs that already carry the right patch
     wait_for(lambda: (admin.get(CPUMODELS + "/vmpool").get("status") or {}).get("vms", {}).get("current") == 2, 30, "both current")
