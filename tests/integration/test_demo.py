@@ -1,0 +1,26 @@
+"""The README's main command, end to end: it must work and say what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_end_to_end_and_applies_every_example() -> None:
+    run = subprocess.run([sys.executable, "-m", "armcpu_testing.demo"], capture_output=True, text=True, check=False, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    for example in sorted((REPO / "examples/cpumodels").glob("*.yaml")) + sorted((REPO / "examples/vms").glob("*.yaml")):
+        name = next(line.split(":", 1)[1].strip() for line in example.read_text().splitlines() if line.startswith("  name:"))
+        assert f"/{name} created" in out, f"{example.name} was not applied"
+    assert "graviton    4            5          1          True" in out
+    assert "g4-old:" in out and "the node reported no writable ID registers (KVM before Linux 6.7)" in out
+    assert "admitted already dressed by the mutating webhook" in out
+    assert 'spec.nodeSelector: {"cpumodel.armcpu.io/graviton": "1"}' in out
+    assert out.rstrip().endswith("Stopped; nothing left running.")
