@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cleanup":
         return cleanup.run(RUNTIME.kube)
     RUNTIME.resync_seconds = args.resync
-    if args.webhook_config and args.webhook_config.count(".") < 2:
-        log.error("--webhook-config must be a domain with at least three parts (e.g. armcpu.example.com): webhook names derive from it")
+    if args.webhook_config and "." not in args.webhook_config:
+        log.error("--webhook-config must be a domain such as armcpu.io: webhook names (<handler>.<config>) need three dot-separated parts")
         return 2
     if args.webhook_port:
         if not (args.webhook_cert and args.webhook_key):
