@@ -147,6 +147,11 @@ class CpuModelSpec(_Schema):
         description="Raw field values for what no FEAT name covers.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["register", "field"]},
     )
+    identityFrom: str | None = Field(
+        None, max_length=253,
+        description="The pool node whose MIDR/REVIDR/AIDR the guest sees (default: the first pool member by name). Every member's "
+        "identity is listed as a target implementation either way, so the guest enables every host's errata workarounds.",
+    )
     updatePolicy: Literal["Pinned", "Follow"] = Field(
         "Pinned",
         description="Pinned: once computed the model stays; nodes that cannot run it are marked incompatible. Follow: the model follows the pool.",
@@ -175,6 +180,11 @@ class NodeCounts(_Schema):
     selected: int = 0
     compatible: int = 0
     incompatible: int = 0
+
+
+class NodeWarning(_Schema):
+    name: str
+    message: str
 
 
 class VmCounts(_Schema):
@@ -207,6 +217,10 @@ class CpuModelStatus(_Schema):
     vms: VmCounts | None = None
     incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")
     incompatibleNodesOmitted: int = Field(0, description="How many incompatible nodes are not listed.")
+    nodeWarnings: list[NodeWarning] = Field(
+        default_factory=list, description="Costs on compatible nodes, e.g. a CTR_EL0 that differs from the node's makes every guest CTR_EL0 "
+        "read trap (up to 20).",
+    )
     conditions: list[Condition] = Field(
         default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

@@ -114,7 +114,10 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
     """(model, (qemu rendering, libvirt-disabled features), problem). problem is '' when the model was computed."""
     if not pool:
         return None, (None, ()), "no selected node has a usable NodeCpuProfile"
-    combined = algebra.combine(pool)
+    if request.identity_from is not None and request.identity_from not in {p.name for p in pool}:
+        return None, (None, ()), (f"spec.identityFrom: {request.identity_from!r} is not a selected node with a usable profile; "
+                                  f"members: {', '.join(p.name for p in pool)}")
+    combined = algebra.combine(pool, identity_from=request.identity_from)
     if not combined.feasible:
         reasons = "; ".join(b.message() for b in combined.blockers[:5])
         more = f" (and {len(combined.blockers) - 5} more)" if len(combined.blockers) > 5 else ""
@@ -183,11 +186,13 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
 
     incompatible: dict[str, list[str]] = dict(broken)
     compatible: list[str] = []
+    warnings: list[dict[str, str]] = []
     if model is not None:
         for profile in pool:
             check = algebra.can_run(profile, model)
             if check.ok:
                 compatible.append(profile.name)
+                warnings += [{"name": profile.name, "message": w} for w in check.warnings]
             else:
                 incompatible[profile.name] = _refusal_reasons(check)
     else:
@@ -228,6 +233,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
         "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
         "incompatibleNodesOmitted": max(0, len(inc_names) - MAX_LISTED_NODES),
+        "nodeWarnings": warnings[:MAX_LISTED_NODES],
         "conditions": conditions,
     }
     if model is not None and old.get("model") and current is not None and model is current:

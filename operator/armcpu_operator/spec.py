@@ -25,6 +25,7 @@ class Request:
     register_settings: Mapping[str, int]  # "REGISTER.FIELD" -> value
     policy: str
     spec_hash: str
+    identity_from: str | None = None
     errors: tuple[str, ...] = field(default=())
 
     @property
@@ -90,6 +91,7 @@ def parse(spec: Mapping[str, Any]) -> Request:
         feature_settings=feature_settings,
         register_settings=register_settings,
         policy=str(spec.get("updatePolicy") or "Pinned"),
+        identity_from=str(spec["identityFrom"]) if spec.get("identityFrom") else None,
         spec_hash=spec_hash(spec),
         errors=tuple(errors),
     )

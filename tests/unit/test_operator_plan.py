@@ -208,3 +208,27 @@ def test_mixed_pool_without_writable_identity_registers_says_why() -> None:
     reasons = result.status["incompatibleNodes"][0]["reasons"]
     assert result.status["incompatibleNodes"][0]["name"] == "b-g4"
     assert any("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS" in r for r in reasons)
+
+
+def test_identity_from_chooses_the_midr_the_guest_sees() -> None:
+    nodes, profiles = world({"a-g3": "graviton3-neoverse-v1-host6.18.json", "b-g4": "graviton4-neoverse-v2-host6.18.json"})
+    default = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    chosen = plan.reconcile(cpumodel({**SPEC, "identityFrom": "b-g4"}), nodes, profiles, NOW)
+    assert default.status["model"]["midr"] == profiles["a-g3"]["midr"]
+    assert chosen.status["model"]["midr"] == profiles["b-g4"]["midr"]
+    assert {i["midr"] for i in chosen.status["model"]["implementations"]} == {profiles["a-g3"]["midr"], profiles["b-g4"]["midr"]}
+    missing = plan.reconcile(cpumodel({**SPEC, "identityFrom": "nope"}), nodes, profiles, NOW)
+    ready = next(c for c in missing.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "NoModel" and "spec.identityFrom: 'nope' is not a selected node" in ready["message"]
+
+
+def test_a_node_whose_ctr_differs_from_the_model_gets_a_warning() -> None:
+    """Two nodes equal but for CTR_EL0.DIC: the model has DIC=0; on the DIC=1 node guest CTR_EL0 reads trap."""
+    nodes, profiles = world({"dic0": "graviton4-neoverse-v2-host6.18.json", "dic1": "graviton4-neoverse-v2-host6.18.json"})
+    ctr = int(profiles["dic0"]["registers"]["CTR_EL0"], 16)
+    profiles["dic1"] = {**profiles["dic1"], "registers": {**profiles["dic1"]["registers"], "CTR_EL0": hex(ctr | 1 << 29)}}
+    profiles["dic0"] = {**profiles["dic0"], "registers": {**profiles["dic0"]["registers"], "CTR_EL0": hex(ctr & ~(1 << 29))}}
+    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    assert set(result.compatible) == {"dic0", "dic1"}
+    assert result.status["nodeWarnings"] == [{"name": "dic1", "message": "CTR_EL0.DIC differs from the node's: every guest CTR_EL0 read "
+                                                                              "traps to KVM on this node (JITs notice)"}]
