@@ -68,8 +68,9 @@ def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str,
 
 
 @kopf.index(GROUP, VERSION, "nodecpuprofiles")
-def node_profiles(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
-    return {name: copy.deepcopy(dict(spec))}
+def node_profiles(name: str, spec: kopf.Spec, **_: Any) -> dict[str, plan.ParsedProfile]:
+    """Parsed once per change of the NodeCpuProfile, not once per reconcile."""
+    return {name: plan.parse_profile(name, copy.deepcopy(dict(spec)))}
 
 
 @kopf.index(GROUP, VERSION, "cpumodels")
@@ -108,7 +109,14 @@ def _single(index: Any) -> dict[Any, Any]:
 
 @kopf.on.event("nodes")
 def node_event(type: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    for model in STATE.node_event(name, None if type == "DELETED" else labels, _single(kwargs["model_selectors"])):
+    before = dict(STATE.node_labels.get(name, {}))
+    woken = STATE.node_event(name, None if type == "DELETED" else labels, _single(kwargs["model_selectors"]))
+    written = STATE.written_labels.get(name)
+    if type != "DELETED" and written is not None:
+        echo = {k: v for k, v in {**before, **written}.items() if v is not None}
+        if dict(labels) == echo:
+            return  # exactly the echo of our own label patch (nobody else changed anything): nothing to reconcile
+    for model in woken:
         STATE.trigger(model)
 
 
@@ -120,8 +128,14 @@ def profile_event(name: str, **kwargs: Any) -> None:
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachines")
 def vm_event(type: str, body: kopf.Body, name: str, namespace: str | None, **kwargs: Any) -> None:
+    key = (namespace or "", name)
     vm = None if type == "DELETED" else vms.subset(body)
-    for model in STATE.vm_event((namespace or "", name), vm, _single(kwargs["model_vm_selectors"])):
+    labels_before = STATE.vm_labels.get(key, ({}, None))[0]
+    woken = STATE.vm_event(key, vm, _single(kwargs["model_vm_selectors"]))
+    written = STATE.written_vms.get(key)
+    if vm is not None and written is not None and vms.roots_equal(vm, written) and (vm["metadata"].get("labels") or {}) == labels_before:
+        return  # exactly the echo of our own patch: nothing new to reconcile
+    for model in woken:
         STATE.trigger(model)
 
 
@@ -143,17 +157,23 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
     desired = vms.Desired(name, int(status["revision"]), str(status["fingerprint"]), tuple(model.get("libvirtDisabled") or ())) if model else None
     view = STATE.vms_view(_single(indexes["virtual_machines"]))
     result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
-    ok = True
-    for key, ops in result.patches.items():
-        try:
-            await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
+    limit = asyncio.Semaphore(act.WRITE_CONCURRENCY)
+
+    async def patch_one(key: tuple[str, str], ops: list[dict[str, Any]]) -> bool:
+        async with limit:
+            try:
+                await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+                if exc.status not in (409, 422):  # 409/422: changed since we read it; the next reconcile starts from the new state
+                    log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
+                return False
             STATE.written_vms[key] = result.targets[key]
-        except ApiError as exc:
-            if exc.status in (409, 422):  # changed since we read it: the next reconcile starts from the new state
-                ok = False
-            elif exc.status != 404:
-                log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
-                ok = False
+            return True
+
+    outcomes = await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items()))
+    ok = all(outcomes)
     for key, models in result.ambiguous.items():
         if key not in STATE.ambiguous_reported:
             STATE.ambiguous_reported.add(key)

@@ -15,7 +15,7 @@ A plan for an unchanged world equals the current state, so applying it writes no
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from armcpu import features as feats
@@ -83,7 +83,20 @@ def _names(nodes: Sequence[str]) -> str:
     return shown + (f" and {len(nodes) - EVENT_NODE_LIST} more" if len(nodes) > EVENT_NODE_LIST else "")
 
 
-def _node_profiles(selected: Sequence[str], profiles: Mapping[str, Mapping[str, Any]]) -> tuple[list[Profile], dict[str, list[str]]]:
+ParsedProfile = Profile | str  # a usable profile, or why the NodeCpuProfile cannot be used
+
+
+def parse_profile(name: str, raw: Mapping[str, Any]) -> ParsedProfile:
+    try:
+        parsed = from_dict({**raw, "name": name}, f"NodeCpuProfile {name}")
+    except ProfileError as exc:
+        return str(exc)
+    if parsed.probe != "kvm":
+        return f"profile probed by {parsed.probe!r}, not kvm: the agent could not open /dev/kvm, so the guest view is unknown"
+    return parsed
+
+
+def _node_profiles(selected: Sequence[str], profiles: Mapping[str, Mapping[str, Any] | ParsedProfile]) -> tuple[list[Profile], dict[str, list[str]]]:
     good: list[Profile] = []
     broken: dict[str, list[str]] = {}
     for name in selected:
@@ -91,16 +104,28 @@ def _node_profiles(selected: Sequence[str], profiles: Mapping[str, Mapping[str, 
         if raw is None:
             broken[name] = ["no NodeCpuProfile: is the armcpu agent running on this node?"]
             continue
-        try:
-            parsed = from_dict({**raw, "name": name}, f"NodeCpuProfile {name}")
-        except ProfileError as exc:
-            broken[name] = [str(exc)]
-            continue
-        if parsed.probe != "kvm":
-            broken[name] = [f"profile probed by {parsed.probe!r}, not kvm: the agent could not open /dev/kvm, so the guest view is unknown"]
-            continue
-        good.append(parsed)
+        parsed = raw if isinstance(raw, (Profile, str)) else parse_profile(name, raw)
+        if isinstance(parsed, str):
+            broken[name] = [parsed]
+        else:
+            good.append(parsed if parsed.name == name else replace(parsed, name=name))
     return good, broken
+
+
+_CAN_RUN_CACHE: dict[tuple[Any, ...], algebra.CanRun] = {}
+
+
+def _can_run(profile: Profile, model: algebra.Model) -> algebra.CanRun:
+    """can_run, memoised: in a large pool most nodes share a CPU and a kernel, so a handful of
+    distinct (node view, model) pairs decide thousands of nodes. The answer names no node."""
+    key = (tuple(sorted(profile.registers.items())), tuple(sorted(profile.writable.items())) if profile.writable is not None else None,
+           profile.kvm.writable_imp_id_regs, tuple(sorted(model.registers.items())))
+    found = _CAN_RUN_CACHE.get(key)
+    if found is None:
+        if len(_CAN_RUN_CACHE) > 4096:
+            _CAN_RUN_CACHE.clear()
+        found = _CAN_RUN_CACHE[key] = algebra.can_run(profile, model)
+    return found
 
 
 def _refusal_reasons(check: algebra.CanRun) -> list[str]:
@@ -138,8 +163,8 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
     return applied.model, (qemu, libvirt), ""
 
 
-def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]], profiles: Mapping[str, Mapping[str, Any]],
-              now: str) -> Plan:
+def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]],
+              profiles: Mapping[str, Mapping[str, Any] | ParsedProfile], now: str) -> Plan:
     meta = cpumodel.get("metadata", {})
     name = meta["name"]
     generation = meta.get("generation")
@@ -189,7 +214,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     warnings: list[dict[str, str]] = []
     if model is not None:
         for profile in pool:
-            check = algebra.can_run(profile, model)
+            check = _can_run(profile, model)
             if check.ok:
                 compatible.append(profile.name)
                 warnings += [{"name": profile.name, "message": w} for w in check.warnings]
