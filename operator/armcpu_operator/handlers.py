@@ -161,15 +161,17 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
 
     async def patch_one(key: tuple[str, str], ops: list[dict[str, Any]]) -> bool:
         async with limit:
+            # remembered before sending, so the watch's echo (which may arrive before the response) is recognised
+            STATE.written_vms[key] = result.targets[key]
             try:
                 await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
             except ApiError as exc:
+                STATE.written_vms.pop(key, None)
                 if exc.status == 404:
                     return True
                 if exc.status not in (409, 422):  # 409/422: changed since we read it; the next reconcile starts from the new state
                     log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
                 return False
-            STATE.written_vms[key] = result.targets[key]
             return True
 
     outcomes = await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items()))
@@ -195,8 +197,9 @@ async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str
     nodes = STATE.labels_view(_single(node_labels))
     result = plan.reconcile(obj, nodes, _single(node_profiles), _now())
     kube = _kube()
+    STATE.remember_labels(result.label_changes, [])  # before sending: the echo may arrive before the response
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
-    STATE.remember_labels(result.label_changes, failed)
+    STATE.forget_labels(failed)
     vm_counts, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
     if result.status.get("model") is not None or (status or {}).get("vms"):
         result.status["vms"] = vm_counts

@@ -117,6 +117,10 @@ class State:
                     out[node][k] = v
         return out
 
+    def forget_labels(self, nodes: Iterable[str]) -> None:
+        for node in nodes:
+            self.written_labels.pop(node, None)
+
     def remember_labels(self, changes: Mapping[str, Mapping[str, str | None]], failed: Iterable[str]) -> None:
         failed = set(failed)
         for node, patch in changes.items():
