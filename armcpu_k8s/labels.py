@@ -7,6 +7,8 @@ The agent owns ``armcpu.io/`` and ``feature.armcpu.io/`` keys on its own Node; t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 DOMAIN = "armcpu.io"
 FINGERPRINT = f"{DOMAIN}/fingerprint"
 CPU = f"{DOMAIN}/cpu"
@@ -15,6 +17,17 @@ FEATURE_PREFIX = f"feature.{DOMAIN}/"
 AGENT_PREFIXES = (f"{DOMAIN}/", FEATURE_PREFIX)
 MODEL_PREFIX = f"cpumodel.{DOMAIN}/"
 FOREIGN_PREFIXES = ("kubevirt.io/", "node-labeller.kubevirt.io/", "cpu-model.node.kubevirt.io/", "feature.node.kubernetes.io/")
+
+
+def patched(labels: Mapping[str, str], patch: Mapping[str, str | None]) -> dict[str, str]:
+    """Labels after a merge patch (``None`` removes a key)."""
+    out = dict(labels)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def is_agent_key(key: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import kopf
 
+from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_k8s.kube import ApiError
 from armcpu_operator import act, metrics, plan, vms
@@ -113,8 +114,7 @@ def node_event(type: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None
     woken = STATE.node_event(name, None if type == "DELETED" else labels, _single(kwargs["model_selectors"]))
     written = STATE.written_labels.get(name)
     if type != "DELETED" and written is not None:
-        echo = {k: v for k, v in {**before, **written}.items() if v is not None}
-        if dict(labels) == echo:
+        if dict(labels) == keys.patched(before, written):
             return  # exactly the echo of our own label patch (nobody else changed anything): nothing to reconcile
     for model in woken:
         STATE.trigger(model)

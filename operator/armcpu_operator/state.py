@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_operator import plan, vms
 
@@ -106,15 +107,11 @@ class State:
             if node not in out:
                 self.written_labels.pop(node, None)
                 continue
-            echoed = all(out[node].get(k) == v if v is not None else k not in out[node] for k, v in patch.items())
-            if echoed:
+            expected = keys.patched(out[node], patch)
+            if expected == out[node]:  # the watch has delivered our write
                 self.written_labels.pop(node, None)
-                continue
-            for k, v in patch.items():
-                if v is None:
-                    out[node].pop(k, None)
-                else:
-                    out[node][k] = v
+            else:
+                out[node] = expected
         return out
 
     def forget_labels(self, nodes: Iterable[str]) -> None:

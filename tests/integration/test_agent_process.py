@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,26 +16,9 @@ import pytest
 from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_testing.controlplane import ControlPlane, free_port
 from tests.helpers import REPO
+from tests.operator_harness import http_get, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.2)
 
 
 @contextmanager
@@ -62,12 +43,12 @@ def test_agent_process_publishes_serves_health_and_stops_cleanly(control_plane: 
         admin.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "proc-a"}})
     with agent(control_plane, "--node-name", "proc-a", "--machine", "aarch64", "--interval", "1",
                "--host-root", "tests/fixtures/hosts/graviton4", "--kvm-replay", "tests/fixtures/kvm/graviton4-host6.18.json") as (proc, url):
-        _wait(lambda: _get(url + "/readyz")[0] == 200)
-        assert _get(url + "/healthz")[0] == 200
+        wait_for(lambda: http_get(url + "/readyz")[0] == 200)
+        assert http_get(url + "/healthz")[0] == 200
         labels = admin.get("/api/v1/nodes/proc-a")["metadata"]["labels"]
         assert labels["armcpu.io/cpu"] == "arm-neoverse-v2"
-        _wait(lambda: "armcpu_agent_probe_duration_seconds_count 3.0" in _get(url + "/metrics")[1])  # re-probes every second
-        metrics = _get(url + "/metrics")[1]
+        wait_for(lambda: "armcpu_agent_probe_duration_seconds_count 3.0" in http_get(url + "/metrics")[1])  # re-probes every second
+        metrics = http_get(url + "/metrics")[1]
         assert 'armcpu_agent_api_writes_total{code="201",verb="POST"} 1.0' in metrics
         assert 'armcpu_agent_api_writes_total{code="200",verb="PATCH"} 1.0' in metrics, "later cycles wrote nothing"
         assert "armcpu_agent_last_success_timestamp_seconds" in metrics
@@ -83,9 +64,9 @@ def test_agent_idles_on_a_node_that_is_not_arm64(control_plane: ControlPlane) ->
         admin.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "proc-x86", "labels": {"k": "v"}}})
     mark = control_plane.audit_mark()
     with agent(control_plane, "--node-name", "proc-x86", "--machine", "x86_64", "--interval", "1") as (proc, url):
-        _wait(lambda: _get(url + "/readyz")[0] == 200)
+        wait_for(lambda: http_get(url + "/readyz")[0] == 200)
         time.sleep(2.5)
-        assert "armcpu_agent_arm64 0.0" in _get(url + "/metrics")[1]
+        assert "armcpu_agent_arm64 0.0" in http_get(url + "/metrics")[1]
         assert proc.poll() is None, "no crash loop"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

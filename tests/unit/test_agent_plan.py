@@ -26,12 +26,7 @@ label_maps = st.dictionaries(keys, st.sampled_from(["a", "b", "true"]), max_size
 def test_label_patch_touches_only_agent_keys_and_reaches_desired(current: dict[str, str], desired: dict[str, str]) -> None:
     patch = plan.label_patch(current, desired)
     assert all(labels.is_agent_key(k) for k in patch)
-    after = {**current}
-    for key, value in patch.items():
-        if value is None:
-            after.pop(key, None)
-        else:
-            after[key] = value
+    after = labels.patched(current, patch)
     assert {k: v for k, v in after.items() if labels.is_agent_key(k)} == desired
     assert {k: v for k, v in after.items() if not labels.is_agent_key(k)} == {k: v for k, v in current.items() if not labels.is_agent_key(k)}
     assert plan.label_patch(after, desired) == {}

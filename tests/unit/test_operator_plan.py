@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 from functools import cache
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from armcpu import kvm
 from armcpu import model as algebra
 from armcpu.profile import KvmInfo, Profile, from_dict, to_dict
-from armcpu_k8s import selectors
+from armcpu_k8s import labels, selectors
 from armcpu_operator import plan, spec
 from armcpu_operator.state import State
 from tests.helpers import SHARED
@@ -43,14 +42,7 @@ def cpumodel(spec_: dict[str, Any], status: dict[str, Any] | None = None, genera
 
 
 def applied(nodes: dict[str, dict[str, str]], p: plan.Plan) -> dict[str, dict[str, str]]:
-    out = copy.deepcopy(nodes)
-    for node, patch in p.label_changes.items():
-        for k, v in patch.items():
-            if v is None:
-                out[node].pop(k, None)
-            else:
-                out[node][k] = v
-    return out
+    return {name: labels.patched(node_labels, p.label_changes.get(name, {})) for name, node_labels in nodes.items()}
 
 
 SPEC = {"nodeSelector": {"matchLabels": {"pool": "p"}}}
