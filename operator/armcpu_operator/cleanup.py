@@ -1,16 +1,22 @@
-"""``armcpu-operator cleanup``: take every armcpu label off every Node (the chart's pre-delete hook).
+"""``armcpu-operator cleanup``: take every armcpu label off every Node and restore every VM armcpu
+patched (the chart's pre-delete hook).
 
-Uninstalling armcpu must leave Nodes as they were: the agent's ``armcpu.io/`` and
-``feature.armcpu.io/`` keys and the operator's ``cpumodel.armcpu.io/`` keys go; nothing else is
-touched. Idempotent: a second run finds nothing and writes nothing.
+Uninstalling armcpu must leave Nodes and VirtualMachines as they were: the agent's ``armcpu.io/``
+and ``feature.armcpu.io/`` keys and the operator's ``cpumodel.armcpu.io/`` keys go, and each VM
+loses exactly what its ``armcpu.io/applied`` record says armcpu added (otherwise its nodeSelector
+would name labels no node carries any more). Nothing else is touched. Idempotent: a second run
+finds nothing and writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from armcpu_k8s import labels
 from armcpu_k8s.kube import ApiError, Kube
+from armcpu_operator import vms
 
 log = logging.getLogger("armcpu.cleanup")
 
@@ -26,13 +32,34 @@ def plan(nodes: list[dict[str, object]]) -> dict[str, dict[str, None]]:
     return out
 
 
-def run(kube: Kube) -> int:
-    failed = 0
+def _pages(kube: Kube, path: str) -> Iterator[list[dict[str, Any]]]:
     continue_token = ""
     while True:
         query = {"limit": "500", **({"continue": continue_token} if continue_token else {})}
-        page = kube.request("GET", "/api/v1/nodes", query=query)
-        for name, patch in plan(page.get("items", [])).items():
+        page = kube.request("GET", path, query=query)
+        yield page.get("items", [])
+        continue_token = (page.get("metadata") or {}).get("continue") or ""
+        if not continue_token:
+            return
+
+
+def run(kube: Kube) -> int:
+    failed = 0
+    for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachines"):
+        for vm in items:
+            ops = vms.patch(vm, None) if vms.uses(vm) else []
+            if not ops:
+                continue
+            meta = vm["metadata"]
+            try:
+                kube.json_patch(f"/apis/kubevirt.io/v1/namespaces/{meta['namespace']}/virtualmachines/{meta['name']}", ops)
+                log.info("VM restored", extra={"vm": f"{meta['namespace']}/{meta['name']}"})
+            except ApiError as exc:
+                if exc.status != 404:
+                    failed += 1
+                    log.error("cannot restore VM", extra={"vm": f"{meta['namespace']}/{meta['name']}", "error": str(exc)})
+    for items in _pages(kube, "/api/v1/nodes"):
+        for name, patch in plan(items).items():
             try:
                 kube.merge_patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": patch}})
                 log.info("labels removed", extra={"node": name, "labels": sorted(patch)})
@@ -40,7 +67,4 @@ def run(kube: Kube) -> int:
                 if exc.status != 404:
                     failed += 1
                     log.error("cannot remove labels", extra={"node": name, "error": str(exc)})
-        continue_token = (page.get("metadata") or {}).get("continue") or ""
-        if not continue_token:
-            break
     return 1 if failed else 0

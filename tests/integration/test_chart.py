@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
+from armcpu_operator import vms
 from armcpu_testing import thirdparty
 from armcpu_testing.controlplane import ControlPlane
 from node_agent.publish import publish
@@ -239,6 +240,11 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hook))
     add_node(admin, "chart-clean", {"team": "keep", "armcpu.io/cpu": "x", "feature.armcpu.io/FEAT_SVE": "true",
                                     "cpumodel.armcpu.io/m": "3", "kubevirt.io/schedulable": "true"}, None)
+    control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-clean-vm", app="clean"))
+    vm_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/chart-clean-vm"
+    original = admin.get(vm_path)
+    admin.json_patch(vm_path, vms.patch(original, vms.Desired("m", 3, "f", ("sve",))))
+    assert vms.uses(admin.get(vm_path)) == "m"
     kubeconfig = control_plane.kubeconfig_with_token("cleanup-sa", _token(admin, f"{RELEASE}-cleanup"))
     mark = control_plane.audit_mark()
     for _ in range(2):  # idempotent
@@ -248,8 +254,10 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     labels = admin.get("/api/v1/nodes/chart-clean")["metadata"]["labels"]
     assert not any(k.startswith(("armcpu.io/", "feature.armcpu.io/", "cpumodel.armcpu.io/")) for k in labels)
     assert labels["team"] == "keep" and labels["kubevirt.io/schedulable"] == "true"
+    restored = admin.get(vm_path)
+    assert restored["spec"] == original["spec"] and restored["metadata"].get("annotations") == original["metadata"].get("annotations")
     used, refused = _used(control_plane, mark, f"system:serviceaccount:{NS}:{RELEASE}-cleanup")
-    assert refused == [] and used >= {("", "nodes", "list"), ("", "nodes", "patch")}
+    assert refused == [] and used == _granted(control_plane, "templates/cleanup-hook.yaml")
     writes = control_plane.writes_since(mark, f"system:serviceaccount:{NS}:{RELEASE}-cleanup")
     assert {w["objectRef"]["name"] for w in writes} >= {"chart-clean"} and len([w for w in writes if w["objectRef"]["name"] == "chart-clean"]) == 1
 
