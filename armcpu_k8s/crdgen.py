@@ -81,15 +81,15 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["additionalProperties"] = structural(extra, defs)
         elif extra is False and "properties" not in node:
             raise SchemaError("closed object without properties")
-        if "maxItems" in out and out["type"] == "object":
-            out["maxProperties"] = out.pop("maxItems")
+        for size_key in ("maxItems", "maxLength"):  # pydantic's max_length on a dict
+            if size_key in out:
+                out["maxProperties"] = out.pop(size_key)
     if out["type"] == "array":
         out["items"] = structural(node["items"], defs)
-    if out["type"] == "object" and "maxLength" in out:
-        out["maxProperties"] = out.pop("maxLength")
     if nullable:
         out["nullable"] = True
-        out.pop("default", None) if out.get("default") is None else None
+        if "default" in out and out["default"] is None:
+            del out["default"]
     return out
 
 

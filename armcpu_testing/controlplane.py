@@ -128,6 +128,14 @@ class _CA:
             ),
         )
 
+    def write(self, directory: Path, stem: str, cn: str, org: str | None = None, server: bool = False) -> tuple[Path, Path]:
+        """Issue a certificate and write ``<stem>.crt`` and ``<stem>.key`` into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        crt, key = self.issue(cn, org=org, server=server)
+        (directory / f"{stem}.crt").write_bytes(crt)
+        (directory / f"{stem}.key").write_bytes(key)
+        return directory / f"{stem}.crt", directory / f"{stem}.key"
+
 
 @dataclass
 class ControlPlane:
@@ -164,26 +172,18 @@ class ControlPlane:
         """A kubeconfig with a client certificate for ``user`` (so the audit log tells its writes apart)."""
         assert self.ca is not None, "start() first"
         directory = self.workdir / "users" / user
-        directory.mkdir(parents=True, exist_ok=True)
-        crt, key = self.ca.issue(user, org=group)
-        (directory / "client.crt").write_bytes(crt)
-        (directory / "client.key").write_bytes(key)
-        path = directory / "kubeconfig"
-        text = self.kubeconfig.read_text()
+        crt, key = self.ca.write(directory, "client", user, org=group)
         pki = self.workdir / "pki"
-        text = text.replace(str(pki / "admin.crt"), str(directory / "client.crt"))
-        path.write_text(text.replace(str(pki / "admin.key"), str(directory / "client.key")))
+        text = self.kubeconfig.read_text().replace(str(pki / "admin.crt"), str(crt)).replace(str(pki / "admin.key"), str(key))
+        path = directory / "kubeconfig"
+        path.write_text(text)
         return path
 
     def serving_cert(self, name: str) -> tuple[Path, Path, Path]:
         """(cert, key, CA) files for a TLS server on 127.0.0.1 that the API server trusts via the CA."""
         assert self.ca is not None, "start() first"
-        directory = self.workdir / "serving" / name
-        directory.mkdir(parents=True, exist_ok=True)
-        crt, key = self.ca.issue(name, server=True)
-        (directory / "tls.crt").write_bytes(crt)
-        (directory / "tls.key").write_bytes(key)
-        return directory / "tls.crt", directory / "tls.key", self.workdir / "pki" / "ca.crt"
+        crt, key = self.ca.write(self.workdir / "serving" / name, "tls", name, server=True)
+        return crt, key, self.workdir / "pki" / "ca.crt"
 
     def helm(self, *args: str) -> str:
         """Run the pinned helm against this control plane; returns stdout."""
@@ -206,12 +206,8 @@ class ControlPlane:
         pki.mkdir(parents=True)
         ca = self.ca = _CA.create()
         (pki / "ca.crt").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
-        crt, key = ca.issue("kube-apiserver", server=True)
-        (pki / "apiserver.crt").write_bytes(crt)
-        (pki / "apiserver.key").write_bytes(key)
-        crt, key = ca.issue("armcpu-admin", org="system:masters")
-        (pki / "admin.crt").write_bytes(crt)
-        (pki / "admin.key").write_bytes(key)
+        ca.write(pki, "apiserver", "kube-apiserver", server=True)
+        ca.write(pki, "admin", "armcpu-admin", org="system:masters")
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (pki / "sa.key").write_bytes(
             sa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

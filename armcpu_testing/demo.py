@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from armcpu import features
 from armcpu.profile import from_dict
 from armcpu_testing.controlplane import REPO, SHARED, ControlPlane, free_port, running
 from armcpu_testing.fixtures import simulated_host
+from armcpu_testing.waiting import WaitTimeout, wait_for
 
 NODES = [  # name, recorded CPU, labels, kernel
     ("g3-a", "kvm-guest/graviton3-neoverse-v1-host6.18.json", {"cpu-pool": "graviton", "topology.kubernetes.io/zone": "zone-a"}, "6.18.30"),
@@ -34,21 +35,12 @@ NODES = [  # name, recorded CPU, labels, kernel
     ("g4-a", "kvm-guest/graviton4-neoverse-v2-host6.18.json", {"cpu-pool": "graviton", "topology.kubernetes.io/zone": "zone-a"}, "6.18.30"),
     ("g4-b", "kvm-guest/graviton4-neoverse-v2-host6.18.json", {"cpu-pool": "graviton", "topology.kubernetes.io/zone": "zone-b"}, "6.18.30"),
 ]
+TIMEOUT = 60.0
 LATE_NODE = ("g4-old", "kvm-guest/graviton4-neoverse-v2-host6.1.json", {"cpu-pool": "graviton", "topology.kubernetes.io/zone": "zone-b"}, "6.1.161")
 
 
 def say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise SystemExit(f"armcpu-demo: timed out waiting for {what}")
 
 
 class Demo:
@@ -94,7 +86,7 @@ class Demo:
         say("Simulated arm64 nodes; a real armcpu-agent per node replays its recorded KVM view")
         for node in NODES:
             self.add_node(*node)
-        wait_for("the agents' NodeCpuProfiles", lambda: len(self.get("nodecpuprofiles")["items"]) == len(NODES))
+        wait_for(lambda: len(self.get("nodecpuprofiles")["items"]) == len(NODES), TIMEOUT, "the agents' NodeCpuProfiles")
         print(self.kubectl("get", "nodecpuprofiles"))
 
         say("The operator, then the examples: kubectl apply -f examples/cpumodels; kubectl apply -f examples/vms")
@@ -106,19 +98,20 @@ class Demo:
             return all(self.plane.kubectl("get", kind, "demo.armcpu.io", check=False).returncode == 0
                        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"))
 
-        wait_for("the operator's webhook configurations", configured)
+        wait_for(configured, TIMEOUT, "the operator's webhook configurations")
         print(self.kubectl("apply", "-f", str(REPO / "examples/cpumodels")))
-        wait_for("the graviton model", lambda: self.get("cpumodel", "graviton").get("status", {}).get("revision"))
+        wait_for(lambda: self.get("cpumodel", "graviton").get("status", {}).get("revision"), TIMEOUT, "the graviton model")
         print(self.kubectl("apply", "-f", str(REPO / "examples/vms")))
         admitted = self.get("vm", "web", "-n", "default")["spec"]["template"]["spec"].get("nodeSelector") or {}
         self.dressed_at_admission = "cpumodel.armcpu.io/graviton" in admitted
-        wait_for("the VM to carry the model", lambda: self.get("cpumodel", "graviton").get("status", {}).get("vms", {}).get("current") == 1)
+        wait_for(lambda: self.get("cpumodel", "graviton").get("status", {}).get("vms", {}).get("current") == 1, TIMEOUT,
+                 "the VM to carry the model")
 
         say(f"A Graviton4 node on Linux {LATE_NODE[3]} joins the pool after the model is pinned")
         self.add_node(*LATE_NODE)
-        wait_for("the late node to be judged",
-                 lambda: any(n["name"] == LATE_NODE[0] and "NodeCpuProfile" not in n["reasons"][0]
-                             for n in self.get("cpumodel", "graviton").get("status", {}).get("incompatibleNodes", [])))
+        wait_for(lambda: any(n["name"] == LATE_NODE[0] and "NodeCpuProfile" not in n["reasons"][0]
+                             for n in self.get("cpumodel", "graviton").get("status", {}).get("incompatibleNodes", [])),
+                 TIMEOUT, "the late node to be judged")
 
         say("kubectl get cpumodels -o wide")
         print(self.kubectl("get", "cpumodels", "-o", "wide"))
@@ -173,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.monotonic()
     with demo(args.keep) as show:
-        show.run()
+        try:
+            show.run()
+        except WaitTimeout as exc:
+            raise SystemExit(f"armcpu-demo: {exc}") from None
         say(f"Done in {time.monotonic() - start:.0f}s")
         if args.keep:
             print(f"export KUBECONFIG={show.plane.kubeconfig}\nThe cluster, agents and operator run until Ctrl-C.", flush=True)

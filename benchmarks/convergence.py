@@ -27,23 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from armcpu import kvm
-from armcpu.profile import Profile, from_dict, to_dict
+from armcpu.profile import to_dict
 from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_operator import vms
-from armcpu_testing.controlplane import REPO, SHARED, ControlPlane, free_port, running
+from armcpu_testing.controlplane import REPO, ControlPlane, free_port, running
+from armcpu_testing.fixtures import host_618_profile
 
 CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
 NS = "bench"
 USER = "armcpu-operator"
-
-
-def profile_for(cpu_file: str) -> Profile:
-    data = json.loads((SHARED / "cpus" / cpu_file).read_text())
-    parsed = from_dict(data, cpu_file)
-    from armcpu.profile import KvmInfo
-
-    return replace(parsed, writable=kvm.assumed_writable_masks(True), probe="kvm", kvm=KvmInfo(writable_imp_id_regs=True))
 
 
 def parallel(fn: Any, items: list[Any], threads: int = 8) -> None:
@@ -52,7 +44,7 @@ def parallel(fn: Any, items: list[Any], threads: int = 8) -> None:
 
 
 def add_nodes(kube: Kube, names: list[str]) -> None:
-    profiles = [profile_for(c) for c in CPUS]
+    profiles = [host_618_profile(c) for c in CPUS]
 
     def one(name: str) -> None:
         node = kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "bench"}}})

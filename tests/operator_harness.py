@@ -9,19 +9,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from armcpu import kvm
 from armcpu.profile import Profile
 from armcpu_k8s.kube import ApiError, Kube
 from armcpu_testing.controlplane import ControlPlane, free_port
+from armcpu_testing.waiting import wait_for
 from node_agent.collect import Sources, collect
 from node_agent.probes import kvm_replay
 from node_agent.publish import publish
@@ -40,17 +39,6 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.2)
 
 
 @dataclass

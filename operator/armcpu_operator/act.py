@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from armcpu_k8s.kube import ApiError, Kube
-from armcpu_operator.plan import Plan
 
 log = logging.getLogger("armcpu.operator")
 CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
@@ -50,8 +49,3 @@ def apply_status(kube: Kube, name: str, current: Mapping[str, Any] | None, desir
     kube.json_patch(f"{CPUMODELS}/{name}/status", [{"op": "add", "path": "/status", "value": dict(desired)}])
     return True
 
-
-def execute(kube: Kube, name: str, current_status: Mapping[str, Any] | None, plan: Plan) -> tuple[bool, list[str]]:
-    failed = apply_labels(kube, plan.label_changes)
-    wrote = apply_status(kube, name, current_status, plan.status)
-    return wrote, failed

@@ -151,12 +151,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any]) -> tuple[dict[str, int], bool]:
-    """Patch the VMs this model selects (or once patched); returns the VM counts and success."""
-    model = status.get("model")
-    desired = vms.Desired(name, int(status["revision"]), str(status["fingerprint"]), tuple(model.get("libvirtDisabled") or ())) if model else None
-    view = STATE.vms_view(_single(indexes["virtual_machines"]))
-    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
+async def send_vm_patches(name: str, result: vms.VmPlan) -> bool:
+    """Send a plan's VM patches, WRITE_CONCURRENCY at a time; False when any must be retried."""
     limit = asyncio.Semaphore(act.WRITE_CONCURRENCY)
 
     async def patch_one(key: tuple[str, str], ops: list[dict[str, Any]]) -> bool:
@@ -169,13 +165,21 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
                 STATE.written_vms.pop(key, None)
                 if exc.status == 404:
                     return True
-                if exc.status not in (409, 422):  # 409/422: changed since we read it; the next reconcile starts from the new state
+                if exc.status not in (409, 422):  # 409/422: changed since we read it; the next attempt starts from the new state
                     log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
                 return False
             return True
 
-    outcomes = await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items()))
-    ok = all(outcomes)
+    return all(await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items())))
+
+
+async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any]) -> tuple[dict[str, int], bool]:
+    """Patch the VMs this model selects (or once patched); returns the VM counts and success."""
+    model = status.get("model")
+    desired = vms.Desired(name, int(status["revision"]), str(status["fingerprint"]), tuple(model.get("libvirtDisabled") or ())) if model else None
+    view = STATE.vms_view(_single(indexes["virtual_machines"]))
+    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
+    ok = await send_vm_patches(name, result)
     for key, models in result.ambiguous.items():
         if key not in STATE.ambiguous_reported:
             STATE.ambiguous_reported.add(key)
@@ -187,17 +191,16 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
     return result.counts, ok
 
 
-async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str, Any], node_profiles: kopf.Index[str, Any],
-                         indexes: dict[str, Any]) -> bool:
+async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) -> bool:
     start = time.monotonic()
     observed_status = copy.deepcopy(dict(body.get("status") or {})) or None
     status = STATE.status_view(name, observed_status)
     spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
     obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
-    nodes = STATE.labels_view(_single(node_labels))
-    result = plan.reconcile(obj, nodes, _single(node_profiles), _now())
+    nodes = STATE.labels_view(_single(indexes["node_labels"]))
+    result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now())
     kube = _kube()
-    STATE.remember_labels(result.label_changes, [])  # before sending: the echo may arrive before the response
+    STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
     STATE.forget_labels(failed)
     vm_counts, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
@@ -222,7 +225,6 @@ async def reconcile_once(name: str, body: kopf.Body, node_labels: kopf.Index[str
 @kopf.daemon(GROUP, VERSION, "cpumodels", cancellation_timeout=5.0)
 async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     """Level-based: reconcile at start, whenever an event can affect this model, and every resync."""
-    node_labels, node_profiles = kwargs["node_labels"], kwargs["node_profiles"]
     trigger = STATE.triggers.setdefault(name, asyncio.Event())
     trigger.set()
     metrics.MODELS.inc()
@@ -239,7 +241,7 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
             trigger.clear()
             await asyncio.sleep(RUNTIME.debounce_seconds)  # one reconcile for a burst of node events
             try:
-                if not await reconcile_once(name, body, node_labels, node_profiles, kwargs):
+                if not await reconcile_once(name, body, kwargs):
                     metrics.RECONCILE_ERRORS.labels(name).inc()
                     asyncio.get_running_loop().call_later(5.0, trigger.set)
             except Exception as exc:  # never let one bad reconcile kill the loop
@@ -257,16 +259,11 @@ async def cleanup(name: str, **kwargs: Any) -> None:
     failed = await asyncio.to_thread(act.apply_labels, _kube(), changes)
     if failed:
         raise kopf.TemporaryError(f"could not remove {plan.label_key(name)} from {', '.join(failed)}", delay=10)
-    STATE.remember_labels(changes, [])
-    view = STATE.vms_view(_single(kwargs["virtual_machines"]))
-    for key, vm in view.items():
-        if vms.uses(vm) == name and (ops := vms.patch(vm, None)):
-            try:
-                await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
-                STATE.written_vms[key] = vms.target(vm, None)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise kopf.TemporaryError(f"could not restore VM {key[0]}/{key[1]}: {exc.message}", delay=5) from None
+    STATE.remember_labels(changes)
+    # restore every VM it patched: with no vmSelector and no model, the plan takes armcpu's additions back out
+    restore = vms.plan_for_model(name, None, None, STATE.vms_view(_single(kwargs["virtual_machines"])), {})
+    if not await send_vm_patches(name, restore):
+        raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)
     STATE.triggers.pop(name, None)
     metrics.forget(name)
     log.info("cpumodel deleted; labels removed", extra={"cpumodel": name, "nodes": sorted(changes)})

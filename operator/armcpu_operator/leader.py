@@ -32,8 +32,7 @@ def _fmt(ts: datetime.datetime) -> str:
 
 
 def _parse(text: str) -> datetime.datetime:
-    return datetime.datetime.strptime(text.replace("Z", "+0000") if "." in text else text.replace("Z", ".000000+0000"),
-                                      "%Y-%m-%dT%H:%M:%S.%f%z")
+    return datetime.datetime.fromisoformat(text)  # MicroTime, e.g. 2026-11-25T06:30:00.123456Z
 
 
 @dataclass

@@ -19,7 +19,7 @@ import kopf
 
 from armcpu_k8s import logs, serving
 from armcpu_k8s.kube import ConfigError, Kube, load_credentials
-from armcpu_operator import cleanup, handlers, metrics
+from armcpu_operator import cleanup, handlers, metrics  # importing handlers registers them with kopf
 from armcpu_operator.leader import LeaderElection
 from armcpu_operator.runtime import RUNTIME, Webhook
 
@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         RUNTIME.webhook = Webhook(port=args.webhook_port, host=args.webhook_host, certfile=args.webhook_cert,
                                   keyfile=args.webhook_key, cafile=args.webhook_ca, config_name=args.webhook_config or None)
         handlers.register_webhook()
-    assert handlers.STATE is not None  # importing handlers registered them with kopf
 
     ready = threading.Event()
     loop = asyncio.new_event_loop()

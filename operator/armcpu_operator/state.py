@@ -118,8 +118,6 @@ class State:
         for node in nodes:
             self.written_labels.pop(node, None)
 
-    def remember_labels(self, changes: Mapping[str, Mapping[str, str | None]], failed: Iterable[str]) -> None:
-        failed = set(failed)
+    def remember_labels(self, changes: Mapping[str, Mapping[str, str | None]]) -> None:
         for node, patch in changes.items():
-            if node not in failed:
-                self.written_labels.setdefault(node, {}).update(patch)
+            self.written_labels.setdefault(node, {}).update(patch)

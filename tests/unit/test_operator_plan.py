@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -11,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from armcpu import kvm
 from armcpu import model as algebra
-from armcpu.profile import KvmInfo, Profile, from_dict, to_dict
+from armcpu.profile import Profile, from_dict, to_dict
 from armcpu_k8s import labels, selectors
 from armcpu_operator import plan, spec
 from armcpu_operator.state import State
+from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import SHARED
 
 KVM_GUEST = sorted(p.name for p in (SHARED / "cpus/kvm-guest").glob("*.json"))
@@ -25,10 +24,7 @@ NOW, LATER = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
 @cache
 def profile(file: str) -> Profile:
-    data = json.loads((SHARED / "cpus/kvm-guest" / file).read_text())
-    parsed = from_dict(data, file)
-    # as a Linux 6.18 host reports it: writable masks and writable MIDR/REVIDR/AIDR (cap 239)
-    return replace(parsed, writable=kvm.assumed_writable_masks(True), probe="kvm", kvm=KvmInfo(writable_imp_id_regs=True))
+    return host_618_profile(f"kvm-guest/{file}")
 
 
 def world(members: dict[str, str], pool: str = "p") -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
