@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-GROUP = "armcpu.io"
-VERSION = "v1alpha1"
-API_VERSION: Literal["armcpu.io/v1alpha1"] = "armcpu.io/v1alpha1"
+from armcpu_k8s.group import API_VERSION, GROUP, VERSION
+
+__all__ = ["API_VERSION", "GROUP", "VERSION"]  # re-exported: crdgen and the tests name them through api
 
 HEX64 = r"^0x[0-9a-fA-F]{1,16}$"
 HEX32 = r"^0x[0-9a-fA-F]{1,8}$"
@@ -156,6 +156,13 @@ class CpuModelSpec(_Schema):
         "Pinned",
         description="Pinned: once computed the model stays; nodes that cannot run it are marked incompatible. Follow: the model follows the pool.",
     )
+    enforcement: Literal["Scheduling", "HookSidecar"] = Field(
+        "Scheduling",
+        description="Scheduling: selected VMs only run and migrate on compatible nodes, and get the sve/pauth disables libvirt can "
+        "express. HookSidecar: also start QEMU with the model's per-field ID register properties, through a KubeVirt hook sidecar "
+        "(feature gate Sidecar) running armcpu's onDefineDomain script from a ConfigMap armcpu keeps in each VM namespace. "
+        "Skipped when the model equals every pool node's own registers.",
+    )
 
 
 class Implementation(_Schema):
@@ -172,7 +179,12 @@ class ModelStatus(_Schema):
     midr: str = Field(pattern=HEX32, description="MIDR the guest sees.")
     implementations: list[Implementation] = Field(default_factory=list, description="Every member's identity (for errata hypercalls).")
     qemu: str | None = Field(None, description="QEMU -cpu argument for the model (qemu-sysreg-v9 syntax, under review upstream).")
+    qemuMachine: str | None = Field(None, description="QEMU -machine properties for the model's target implementations (impl-cpu.N.*), if any.")
     libvirtDisabled: list[str] = Field(default_factory=list, description="vCPU features (sve, pauth) selected VMs get with policy disable.")
+    domainRewrite: Literal["Needed", "NotNeeded"] | None = Field(
+        None, description="NotNeeded: the model equals every pool node's own registers, so scheduling alone keeps migration safe and "
+        "enforcement HookSidecar adds nothing.",
+    )
     members: list[str] = Field(default_factory=list, description="Nodes whose profiles the model was computed from.")
 
 
@@ -191,6 +203,12 @@ class VmCounts(_Schema):
     selected: int = Field(0, description="VMs this model's vmSelector matches.")
     current: int = Field(0, description="Selected VMs whose template carries the current revision.")
     ambiguous: int = Field(0, description="Selected VMs also selected by another CpuModel, left unchanged.")
+    domainRewrite: int = Field(0, description="Selected VMs whose template starts QEMU through armcpu's domain hook.")
+    running: dict[str, int] = Field(
+        default_factory=dict, description="Running VMs (VirtualMachineInstances) of this model per revision they were started with.",
+    )
+    restartPending: int = Field(0, description="Running VMs started with another revision than their template's: the new definition "
+                                "applies at their next restart.")
 
 
 class IncompatibleNode(_Schema):

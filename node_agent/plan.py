@@ -11,7 +11,7 @@ from typing import Any
 
 from armcpu import features, midr
 from armcpu.profile import Profile, to_dict
-from armcpu_k8s import api, labels
+from armcpu_k8s import group, labels
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -48,7 +48,7 @@ def profile_object(node: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
     """The NodeCpuProfile for ``node``: named after it and owned by it (deleted with the Node by GC)."""
     meta = node["metadata"]
     return {
-        "apiVersion": api.API_VERSION,
+        "apiVersion": group.API_VERSION,
         "kind": "NodeCpuProfile",
         "metadata": {
             "name": meta["name"],
