@@ -4,8 +4,10 @@ patched (the chart's pre-delete hook).
 Uninstalling armcpu must leave Nodes and VirtualMachines as they were: the agent's ``armcpu.io/``
 and ``feature.armcpu.io/`` keys and the operator's ``cpumodel.armcpu.io/`` keys go, and each VM
 loses exactly what its ``armcpu.io/applied`` record says armcpu added (otherwise its nodeSelector
-would name labels no node carries any more). Nothing else is touched. Idempotent: a second run
-finds nothing and writes nothing.
+would name labels no node carries any more). The domain hook ConfigMaps go too, except in namespaces
+where a running VM was started with the hook (its next migration target mounts the ConfigMap again; it
+is left for its owner, and named in the log). Nothing else is touched. Idempotent: a second run finds
+nothing and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from armcpu_k8s import labels
 from armcpu_k8s.kube import ApiError, Kube
-from armcpu_operator import vms
+from armcpu_operator import hookmaps, vms
 
 log = logging.getLogger("armcpu.cleanup")
 
@@ -43,6 +45,24 @@ def _pages(kube: Kube, path: str) -> Iterator[list[dict[str, Any]]]:
             return
 
 
+def _remove_hook_configmaps(kube: Kube) -> int:
+    in_use = {vmi["metadata"]["namespace"] for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachineinstances")
+              for vmi in items if vms.HOOK_ANNOTATION in (vmi["metadata"].get("annotations") or {})}
+    failed = 0
+    for namespace in sorted(hookmaps.held_namespaces(kube)):
+        if namespace in in_use:
+            log.warning("domain hook ConfigMap kept: running VMs were started with it", extra={"namespace": namespace})
+            continue
+        try:
+            kube.delete(hookmaps.path(namespace))
+            log.info("domain hook ConfigMap removed", extra={"namespace": namespace})
+        except ApiError as exc:
+            if exc.status != 404:
+                failed += 1
+                log.error("cannot remove the domain hook ConfigMap", extra={"namespace": namespace, "error": str(exc)})
+    return failed
+
+
 def run(kube: Kube) -> int:
     failed = 0
     for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachines"):
@@ -58,6 +78,7 @@ def run(kube: Kube) -> int:
                 if exc.status != 404:
                     failed += 1
                     log.error("cannot restore VM", extra={"vm": f"{meta['namespace']}/{meta['name']}", "error": str(exc)})
+    failed += _remove_hook_configmaps(kube)
     for items in _pages(kube, "/api/v1/nodes"):
         for name, patch in plan(items).items():
             try:

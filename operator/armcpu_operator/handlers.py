@@ -19,7 +19,7 @@ import kopf
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_k8s.kube import ApiError
-from armcpu_operator import act, metrics, plan, vms
+from armcpu_operator import act, hookmaps, metrics, plan, vms
 from armcpu_operator import spec as specs
 from armcpu_operator.runtime import RUNTIME
 from armcpu_operator.state import State
@@ -88,13 +88,14 @@ def model_vm_selectors(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) ->
 
 
 @kopf.index(GROUP, VERSION, "cpumodels")
-def model_definitions(name: str, status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any] | None]:
+def model_definitions(name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any] | None]:
     """What a selected VM is dressed with at admission: the current revision's definition."""
     model = status.get("model")
     if not model or status.get("revision") is None or meta.get("deletionTimestamp"):
         return {name: None}
+    keep = ("qemu", "qemuMachine", "libvirtDisabled", "domainRewrite")
     return {name: {"revision": status["revision"], "fingerprint": status.get("fingerprint"),
-                   "libvirtDisabled": list(model.get("libvirtDisabled") or [])}}
+                   "model": {k: copy.deepcopy(model.get(k)) for k in keep}, "enforcement": spec.get("enforcement")}}
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachines")
@@ -102,8 +103,24 @@ def virtual_machines(body: kopf.Body, name: str, namespace: str | None, **_: Any
     return {(namespace or "", name): vms.subset(body)}
 
 
+def _vmi_definition(annotations: kopf.Annotations) -> tuple[str, str, bool]:
+    """(model, revision, started with armcpu's domain hook) as the VM's template said at its start."""
+    return annotations[vms.T_MODEL], annotations.get(vms.T_REVISION, ""), vms.HOOK_ANNOTATION in annotations
+
+
+@kopf.index("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
+def running_vms(name: str, namespace: str | None, annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], tuple[str, str, bool]]:
+    """Running VMs of armcpu's models, with the (model, revision) they were started with."""
+    return {(namespace or "", name): _vmi_definition(annotations)}
+
+
 def _single(index: Any) -> dict[Any, Any]:
     return {key: next(iter(store)) for key, store in index.items() if len(store)}
+
+
+def _hooked_vmis(running: Any) -> list[tuple[str, str]]:
+    """Running VMs started with armcpu's domain hook: their namespaces keep the hook ConfigMap."""
+    return [key for key, (_, _, with_hook) in _single(running).items() if with_hook]
 
 
 # ------------------------------------------------------------------ who needs a reconcile
@@ -135,7 +152,15 @@ def vm_event(type: str, body: kopf.Body, name: str, namespace: str | None, **kwa
     written = STATE.written_vms.get(key)
     if vm is not None and written is not None and vms.roots_equal(vm, written) and (vm["metadata"].get("labels") or {}) == labels_before:
         return  # exactly the echo of our own patch: nothing new to reconcile
+    STATE.written_vms.pop(key, None)  # the watch shows a newer state than our write (someone, or a webhook, changed it)
     for model in woken:
+        STATE.trigger(model)
+
+
+@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
+def vmi_event(type: str, name: str, namespace: str | None, annotations: kopf.Annotations, **_: Any) -> None:
+    """A VM of some model started or stopped: its model's running counts change (status updates don't)."""
+    for model in STATE.vmi_event((namespace or "", name), None if type == "DELETED" else _vmi_definition(annotations)):
         STATE.trigger(model)
 
 
@@ -173,13 +198,18 @@ async def send_vm_patches(name: str, result: vms.VmPlan) -> bool:
     return all(await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items())))
 
 
-async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any]) -> tuple[dict[str, int], bool]:
-    """Patch the VMs this model selects (or once patched); returns the VM counts and success."""
-    model = status.get("model")
-    desired = vms.Desired(name, int(status["revision"]), str(status["fingerprint"]), tuple(model.get("libvirtDisabled") or ())) if model else None
+async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
+                        indexes: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
+    """Patch the VMs this model selects (or once patched); returns the VM counts, the running VMs
+    waiting for a restart, and success."""
+    desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
     view = STATE.vms_view(_single(indexes["virtual_machines"]))
     result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
     ok = await send_vm_patches(name, result)
+    vmis = _single(indexes["running_vms"])
+    ok = await hookmaps.sync(_kube(), STATE, STATE.vms_view(_single(indexes["virtual_machines"])), _hooked_vmis(indexes["running_vms"])) and ok
+    running, pending = vms.running_revisions(name, vmis, {**view, **result.targets}, desired)
+    counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
     for key, models in result.ambiguous.items():
         if key not in STATE.ambiguous_reported:
             STATE.ambiguous_reported.add(key)
@@ -188,7 +218,7 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
     STATE.ambiguous_reported -= result.selected - set(result.ambiguous)
     if result.patches:
         log.info("patched VMs", extra={"cpumodel": name, "vms": ["/".join(k) for k in result.patches]})
-    return result.counts, ok
+    return counts, pending, ok
 
 
 async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) -> bool:
@@ -203,9 +233,10 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
     STATE.forget_labels(failed)
-    vm_counts, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
+    vm_counts, pending, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
     if result.status.get("model") is not None or (status or {}).get("vms"):
         result.status["vms"] = vm_counts
+        plan.add_restart_condition(result.status, (status or {}).get("conditions") or [], pending, body.meta.get("generation"), _now())
     if await asyncio.to_thread(act.apply_status, kube, name, status, result.status):
         STATE.written_status[name] = result.status
     for event in result.events:
@@ -261,9 +292,12 @@ async def cleanup(name: str, **kwargs: Any) -> None:
         raise kopf.TemporaryError(f"could not remove {plan.label_key(name)} from {', '.join(failed)}", delay=10)
     STATE.remember_labels(changes)
     # restore every VM it patched: with no vmSelector and no model, the plan takes armcpu's additions back out
-    restore = vms.plan_for_model(name, None, None, STATE.vms_view(_single(kwargs["virtual_machines"])), {})
+    view = STATE.vms_view(_single(kwargs["virtual_machines"]))
+    restore = vms.plan_for_model(name, None, None, view, {})
     if not await send_vm_patches(name, restore):
         raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)
+    if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(kwargs["running_vms"])):
+        raise kopf.TemporaryError("could not remove the domain hook ConfigMaps no VM needs any more; retrying", delay=5)
     STATE.triggers.pop(name, None)
     metrics.forget(name)
     log.info("cpumodel deleted; labels removed", extra={"cpumodel": name, "nodes": sorted(changes)})
@@ -289,7 +323,10 @@ def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     definition = _single(kwargs["model_definitions"]).get(matched[0])
     if not definition:
         return  # no model computed yet
-    desired = vms.Desired(matched[0], int(definition["revision"]), str(definition["fingerprint"]), tuple(definition["libvirtDisabled"]))
+    desired = vms.desired_from(matched[0], definition, definition.get("enforcement"))
+    carried = vms.current_revision(body) if vms.uses(body) == matched[0] else None
+    if carried is not None and carried.isdigit() and int(carried) > desired.revision:
+        return  # the reconciler already moved it to a revision this replica's index has not seen yet: never move it back
 
     def dress(raw: kopf.RawBody) -> None:
         goal = vms.target(raw, desired)

@@ -52,14 +52,40 @@ def label_key(model_name: str) -> str:
     return keys.MODEL_PREFIX + model_name
 
 
-def model_to_status(model: algebra.Model, qemu: str | None, libvirt_disabled: Sequence[str] = ()) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Rendered:
+    """How the model reaches a guest: QEMU's -cpu and -machine properties, libvirt's disables."""
+
+    qemu: str | None = None
+    machine: str | None = None
+    libvirt_disabled: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, model: algebra.Model, pool: Sequence[Profile]) -> Rendered:
+        qemu = render.QemuSysregV9().render(model, pool)
+        libvirt = render.LibvirtToday().render(model, pool).libvirt_disabled
+        return cls(qemu.cpu_arg, ",".join(qemu.machine_properties) or None, libvirt)
+
+    @classmethod
+    def from_status(cls, model_status: Mapping[str, Any]) -> Rendered:
+        return cls(model_status.get("qemu"), model_status.get("qemuMachine"), tuple(model_status.get("libvirtDisabled") or ()))
+
+    @property
+    def rewrite_needed(self) -> bool:
+        """False when the model equals every pool node's registers: the rendering sets nothing."""
+        return self.qemu not in (None, "host") or self.machine is not None
+
+
+def model_to_status(model: algebra.Model, rendered: Rendered) -> dict[str, Any]:
     return {
         "registers": {k: hex64(v) for k, v in sorted(model.registers.items())},
         "features": feats.decode(model.registers),
         "midr": f"0x{model.value('MIDR_EL1'):08x}",
         "implementations": [{"midr": f"0x{t.midr:08x}", "revidr": hex64(t.revidr), "aidr": hex64(t.aidr)} for t in model.targets],
-        "qemu": qemu,
-        "libvirtDisabled": list(libvirt_disabled),
+        "qemu": rendered.qemu,
+        "qemuMachine": rendered.machine,
+        "libvirtDisabled": list(rendered.libvirt_disabled),
+        "domainRewrite": "Needed" if rendered.rewrite_needed else "NotNeeded",
         "members": list(model.members),
     }
 
@@ -135,18 +161,18 @@ def _refusal_reasons(check: algebra.CanRun) -> list[str]:
     return msgs
 
 
-def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model | None, tuple[str | None, tuple[str, ...]], str]:
-    """(model, (qemu rendering, libvirt-disabled features), problem). problem is '' when the model was computed."""
+def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model | None, Rendered, str]:
+    """(model, its rendering, problem). problem is '' when the model was computed."""
     if not pool:
-        return None, (None, ()), "no selected node has a usable NodeCpuProfile"
+        return None, Rendered(), "no selected node has a usable NodeCpuProfile"
     if request.identity_from is not None and request.identity_from not in {p.name for p in pool}:
-        return None, (None, ()), (f"spec.identityFrom: {request.identity_from!r} is not a selected node with a usable profile; "
+        return None, Rendered(), (f"spec.identityFrom: {request.identity_from!r} is not a selected node with a usable profile; "
                                   f"members: {', '.join(p.name for p in pool)}")
     combined = algebra.combine(pool, identity_from=request.identity_from)
     if not combined.feasible:
         reasons = "; ".join(b.message() for b in combined.blockers[:5])
         more = f" (and {len(combined.blockers) - 5} more)" if len(combined.blockers) > 5 else ""
-        return None, (None, ()), f"the selected nodes cannot share one model: {reasons}{more}"
+        return None, Rendered(), f"the selected nodes cannot share one model: {reasons}{more}"
     try:
         applied = algebra.apply(
             combined.model,
@@ -157,10 +183,8 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
             pool=pool,
         )
     except algebra.SettingError as exc:
-        return None, (None, ()), f"spec.{exc}"
-    qemu = render.QemuSysregV9().render(applied.model, pool).cpu_arg
-    libvirt = render.LibvirtToday().render(applied.model, pool).libvirt_disabled
-    return applied.model, (qemu, libvirt), ""
+        return None, Rendered(), f"spec.{exc}"
+    return applied.model, Rendered.of(applied.model, pool), ""
 
 
 def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]],
@@ -195,7 +219,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     current = model_from_status(old["model"]) if old.get("model") and old.get("specHash") == request.spec_hash else None
     revision = int(old.get("revision") or 0)
     old_model = old.get("model") or {}
-    model, rendered, problem = current, (old_model.get("qemu"), tuple(old_model.get("libvirtDisabled") or ())), ""
+    model, rendered, problem = current, Rendered.from_status(old_model), ""
     if current is None or request.policy == "Follow":
         computed, computed_rendered, problem = _compute(request, pool)
         if computed is not None and (current is None or dict(computed.registers) != dict(current.registers)
@@ -207,7 +231,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
                                 f"revision {revision} (fingerprint {computed.fingerprint}) computed from {len(pool)} node(s): {members}"))
     if model is None and old.get("model"):
         # Nothing computable now (e.g. every node left): keep serving the last revision to running VMs.
-        model, rendered = model_from_status(old["model"]), (old_model.get("qemu"), tuple(old_model.get("libvirtDisabled") or ()))
+        model, rendered = model_from_status(old["model"]), Rendered.from_status(old_model)
 
     incompatible: dict[str, list[str]] = dict(broken)
     compatible: list[str] = []
@@ -254,7 +278,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         "revision": revision if model is not None else None,
         "fingerprint": model.fingerprint if model is not None else None,
         "specHash": request.spec_hash if model is not None else old.get("specHash"),
-        "model": model_to_status(model, *rendered) if model is not None else None,
+        "model": model_to_status(model, rendered) if model is not None else None,
         "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
         "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
         "incompatibleNodesOmitted": max(0, len(inc_names) - MAX_LISTED_NODES),
@@ -271,6 +295,22 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
             f"{n}: {incompatible[n][0]}" for n in newly[:EVENT_NODE_LIST])))
     return Plan(status=status, label_changes=label_changes, events=events, compatible=tuple(compatible),
                 incompatible=tuple(inc_names), selected=tuple(selected))
+
+
+def add_restart_condition(status: dict[str, Any], old_conditions: Sequence[Mapping[str, Any]], pending: Sequence[tuple[str, str]],
+                          generation: int | None, now: str) -> None:
+    """The RestartPending condition: running VMs keep the CPU they started with (KubeVirt reuses the
+    source domain on migration), so a new definition reaches them only when they restart."""
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "RestartPending"]
+    if pending:
+        shown = _names(["/".join(key) for key in pending])
+        condition = _condition(old_conditions, "RestartPending", "True", "OlderDefinitionRunning",
+                               f"{len(pending)} running VM(s) started with another definition than their template's; "
+                               f"it applies at their next restart: {shown}", generation, now)
+    else:
+        condition = _condition(old_conditions, "RestartPending", "False", "AllRunningCurrent",
+                               "every running VM runs its template's definition", generation, now)
+    status["conditions"] = [*conditions, condition]
 
 
 def removal(model_name: str, nodes: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str | None]]:

@@ -27,6 +27,9 @@ class State:
     vm_labels: dict[tuple[str, str], tuple[dict[str, str], str | None]] = field(default_factory=dict)
     written_vms: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     ambiguous_reported: set[tuple[str, str]] = field(default_factory=set)
+    vmi_definitions: dict[tuple[str, str], tuple[str, str, bool]] = field(default_factory=dict)
+    hook_configmaps: dict[str, str] | None = None  # namespace -> script held; None: not listed yet
+    hook_configmaps_listed: float = 0.0
 
     def trigger(self, model: str) -> None:
         self.triggers.setdefault(model, asyncio.Event()).set()
@@ -81,6 +84,15 @@ class State:
         woken = {m for m, sel in vm_selectors.items() if sel and (selectors.matches(sel, old_labels) or selectors.matches(sel, new_labels))}
         woken |= {m for m in (old_model, new_model) if m}
         return sorted(woken)
+
+    def vmi_event(self, key: tuple[str, str], definition: tuple[str, str, bool] | None) -> list[str]:
+        """Models whose running counts change: a VMI appeared, went, or (never in KubeVirt) changed definition."""
+        old = self.vmi_definitions.pop(key, None)
+        if definition is not None:
+            self.vmi_definitions[key] = definition
+        if old == definition:
+            return []
+        return sorted({d[0] for d in (old, definition) if d is not None})
 
     # --- writes not yet echoed by the watch
 

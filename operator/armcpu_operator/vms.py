@@ -11,6 +11,10 @@ What armcpu adds (and nothing else):
 - ``spec.template.spec.domain.cpu.features`` entries ``{name: sve|pauth, policy: disable}`` when the
   model switches those off (the only ID-register lowering libvirt can express on aarch64); an entry
   the user already has for that name is left alone.
+- with ``enforcement: HookSidecar`` (and a model that lowers something): template annotations
+  ``armcpu.io/qemu-cpu`` / ``armcpu.io/qemu-machine`` that armcpu's onDefineDomain hook
+  (:mod:`armcpu_k8s.domain_hook`) turns into QEMU arguments, and armcpu's entry in the template's
+  ``hooks.kubevirt.io/hookSidecars`` list (appended to the user's list, if any, and taken out alone);
 - ``metadata.annotations["armcpu.io/applied"]``: a record of the above (including which maps or lists
   armcpu had to create), so removal restores the VM byte for byte.
 
@@ -26,12 +30,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from armcpu_k8s import domain_hook, selectors
 from armcpu_k8s import labels as keys
-from armcpu_k8s import selectors
 
 RECORD = f"{keys.DOMAIN}/applied"
 T_MODEL, T_REVISION, T_FINGERPRINT = f"{keys.DOMAIN}/cpumodel", f"{keys.DOMAIN}/revision", f"{keys.DOMAIN}/fingerprint"
 LIBVIRT_FEATURES = ("sve", "pauth")
+HOOK_SIDECARS = "hooks.kubevirt.io/hookSidecars"
+HOOK_ANNOTATION = domain_hook.CPU_ANNOTATION
+HOOK_CONFIGMAP = "armcpu-domain-hook"
+HOOK_KEY = "onDefineDomain"
+# What KubeVirt's sidecar-shim needs to run armcpu's script as the onDefineDomain hook.
+HOOK_ENTRY: dict[str, Any] = {
+    "args": ["--version", "v1alpha2"],
+    "configMap": {"name": HOOK_CONFIGMAP, "key": HOOK_KEY, "hookPath": "/usr/bin/onDefineDomain"},
+}
 
 # The subtrees armcpu may change, top-down; each is compared and, if different, replaced whole
 # after a `test` of its current value.
@@ -49,6 +62,27 @@ class Desired:
     revision: int
     fingerprint: str
     disable: tuple[str, ...] = ()
+    qemu_cpu: str | None = None  # set: the domain hook starts QEMU with these -cpu properties
+    qemu_machine: str | None = None
+
+
+def desired_from(model: str, definition: Mapping[str, Any], enforcement: str | None) -> Desired:
+    """What a VM of ``model`` gets, from the model's status (``revision``, ``fingerprint``, ``model``)."""
+    rendered = definition.get("model") or {}
+    hook = enforcement == "HookSidecar" and rendered.get("domainRewrite") == "Needed" and bool(rendered.get("qemu"))
+    return Desired(model, int(definition["revision"]), str(definition["fingerprint"]), tuple(rendered.get("libvirtDisabled") or ()),
+                   qemu_cpu=rendered.get("qemu") if hook else None, qemu_machine=rendered.get("qemuMachine") if hook else None)
+
+
+def _sidecars(raw: object) -> list[Any] | None:
+    """The hookSidecars annotation as a list; None when it is not a JSON list (then armcpu leaves it)."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
 
 
 def _get(obj: Any, path: Sequence[str]) -> tuple[bool, Any]:
@@ -101,8 +135,10 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
         selector.pop(keys.MODEL_PREFIX + model, None)
     found, annotations = _get(out, ("spec", "template", "metadata", "annotations"))
     if found and isinstance(annotations, dict):
-        for key in (T_MODEL, T_REVISION, T_FINGERPRINT):
+        for key in (T_MODEL, T_REVISION, T_FINGERPRINT, domain_hook.CPU_ANNOTATION, domain_hook.MACHINE_ANNOTATION):
             annotations.pop(key, None)
+        if "hookSidecars" in record:
+            _unhook(annotations, record["hookSidecars"])
     found, features = _get(out, ("spec", "template", "spec", "domain", "cpu", "features"))
     if found and isinstance(features, list):
         added = set(record.get("features") or [])
@@ -120,6 +156,42 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _unhook(annotations: dict[str, Any], original: object) -> None:
+    """Take armcpu's entry out of hookSidecars: back to the user's exact string when nothing else changed."""
+    entries = _sidecars(annotations.get(HOOK_SIDECARS))
+    if entries is None:
+        return
+    rest = [e for e in entries if e != HOOK_ENTRY]
+    if original is None and not rest:
+        annotations.pop(HOOK_SIDECARS, None)
+    elif isinstance(original, str) and _sidecars(original) == rest:
+        annotations[HOOK_SIDECARS] = original
+    else:
+        annotations[HOOK_SIDECARS] = json.dumps(rest, separators=(",", ":"))
+
+
+def _hook(annotations: dict[str, Any], desired: Desired) -> tuple[bool, str | None]:
+    """Add the hook annotations; (added, the user's hookSidecars before) for the record."""
+    if desired.qemu_cpu is None:
+        return False, None
+    original = annotations.get(HOOK_SIDECARS)
+    entries = [] if original is None else _sidecars(original)
+    if entries is None:
+        return False, None  # not a JSON list: KubeVirt refuses it anyway, armcpu will not rewrite it
+    annotations[domain_hook.CPU_ANNOTATION] = desired.qemu_cpu
+    if desired.qemu_machine:
+        annotations[domain_hook.MACHINE_ANNOTATION] = desired.qemu_machine
+    if HOOK_ENTRY not in entries:
+        annotations[HOOK_SIDECARS] = json.dumps([*entries, HOOK_ENTRY], separators=(",", ":"))
+    return True, original
+
+
+def uses_hook(vm: Mapping[str, Any]) -> bool:
+    """Whether armcpu put its domain hook on this VM's template."""
+    record = record_of(vm)
+    return record is not None and "hookSidecars" in record
+
+
 def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
     """``original`` with armcpu's additions for ``desired``, and the record of them."""
     out = copy.deepcopy(dict(original))
@@ -129,6 +201,7 @@ def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
     _ensure(out, ("spec", "template", "metadata"), created, "templateMetadata", {})
     annotations = _ensure(out, ("spec", "template", "metadata", "annotations"), created, "templateAnnotations", {})
     annotations.update({T_MODEL: desired.model, T_REVISION: str(desired.revision), T_FINGERPRINT: desired.fingerprint})
+    hooked, sidecars_before = _hook(annotations, desired)
     added: list[str] = []
     if desired.disable:
         _ensure(out, ("spec", "template", "spec", "domain", "cpu"), created, "cpu", {})
@@ -139,7 +212,10 @@ def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
                 features.append({"name": name, "policy": "disable"})
                 added.append(name)
     meta_annotations = _ensure(out, ("metadata", "annotations"), created, "annotations", {})
-    meta_annotations[RECORD] = json.dumps({"cpumodel": desired.model, "created": created, "features": added}, separators=(",", ":"))
+    record: dict[str, Any] = {"cpumodel": desired.model, "created": created, "features": added}
+    if hooked:
+        record["hookSidecars"] = sidecars_before
+    meta_annotations[RECORD] = json.dumps(record, separators=(",", ":"))
     return out
 
 
@@ -204,7 +280,7 @@ def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str
     patches: dict[VmKey, list[dict[str, Any]]] = {}
     targets: dict[VmKey, dict[str, Any]] = {}
     ambiguous: dict[VmKey, list[str]] = {}
-    counts = {"selected": 0, "current": 0, "ambiguous": 0}
+    counts = {"selected": 0, "current": 0, "ambiguous": 0, "domainRewrite": 0}
     selected: set[VmKey] = set()
     for key, vm in sorted(vms.items()):
         vm_labels = (vm.get("metadata") or {}).get("labels") or {}
@@ -226,6 +302,8 @@ def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str
         goal = target(vm, want)
         if mine and desired is not None and current_revision(goal) == str(desired.revision):
             counts["current"] += 1
+        if mine and uses_hook(goal):
+            counts["domainRewrite"] += 1
         if ops:
             patches[key] = ops
             targets[key] = goal
@@ -257,3 +335,25 @@ def subset(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def roots_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(_get(a, root) == _get(b, root) for root in ROOTS)
+
+
+def running_revisions(model: str, vmis: Mapping[VmKey, tuple[str, str, bool]], vms_now: Mapping[VmKey, Mapping[str, Any]],
+                      desired: Desired | None) -> tuple[dict[str, int], list[VmKey]]:
+    """Per revision, how many VMIs of ``model`` run it; and which run another definition than their
+    VM's template now carries (restart pending). ``vmis`` maps a VMI to the (model, revision) its
+    annotations recorded at start; KubeVirt never changes those while it runs."""
+    running: dict[str, int] = {}
+    pending: list[VmKey] = []
+    for key, (vmi_model, vmi_revision, _) in sorted(vmis.items()):
+        if vmi_model != model:
+            continue
+        running[vmi_revision] = running.get(vmi_revision, 0) + 1
+        vm = vms_now.get(key)
+        if vm is not None:
+            template_model = ((vm.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations", {}).get(T_MODEL)
+            template_revision = current_revision(vm) if template_model == model else None
+        else:  # a VMI without a VM: compare with what the model would start now
+            template_revision = str(desired.revision) if desired is not None else None
+        if template_revision != vmi_revision:
+            pending.append(key)
+    return running, pending

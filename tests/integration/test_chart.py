@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
-from armcpu_operator import vms
+from armcpu_operator import hookmaps, vms
 from armcpu_testing import thirdparty
 from armcpu_testing.controlplane import ControlPlane
 from node_agent.publish import publish
@@ -34,12 +34,22 @@ G3 = "kvm-guest/graviton3-neoverse-v1-host6.18.json"
 VM = """\
 apiVersion: kubevirt.io/v1
 kind: VirtualMachine
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {app}}}}}
 spec:
   runStrategy: Halted
   template:
     spec:
       domain: {{cpu: {{model: host-passthrough}}, devices: {{}}, memory: {{guest: 1Gi}}}}
+"""
+RUNNING_HOOKED_VMI = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: started-with-hook
+  namespace: chart-clean-running
+  annotations: {armcpu.io/cpumodel: m, armcpu.io/revision: "3", armcpu.io/qemu-cpu: "host,SYSREG_ID_AA64ISAR0_EL1_SM3=0"}
+spec:
+  domain: {devices: {}, memory: {guest: 1Gi}}
 """
 
 
@@ -171,20 +181,33 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     user = f"system:serviceaccount:{NS}:{account}"
     kubeconfig = control_plane.kubeconfig_with_token("operator-sa", _token(admin, account))
     add_node(admin, "chart-op-a", {"pool": "chart-op"}, G4)
+    add_node(admin, "chart-op-b", {"pool": "chart-op"}, G3)  # two CPUs: the model lowers fields, the domain hook is needed
+    control_plane.kubectl("create", "namespace", "chart-hook", check=False)
+    # a stale copy of armcpu's own hook ConfigMap (as an older operator version left it): rewritten, not duplicated
+    stale = hookmaps.configmap("default", "#!/usr/bin/env python3\n# armcpu 0.0 hook\n")
+    admin.create("/api/v1/namespaces/default/configmaps", stale)
     mark = control_plane.audit_mark()
     with running_operator(control_plane, identity="chart-op", webhook=False, kubeconfig=kubeconfig, namespace=NS,
                           extra=("--lease-name", account)):
-        control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-vm", app="chart-op"))
+        for namespace in ("default", "chart-hook"):
+            control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-vm", app="chart-op", namespace=namespace))
         admin.create("/apis/armcpu.io/v1alpha1/cpumodels", {
             "apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "chart-op"},
-            "spec": {"nodeSelector": {"matchLabels": {"pool": "chart-op"}}, "vmSelector": {"matchLabels": {"app": "chart-op"}}},
+            "spec": {"nodeSelector": {"matchLabels": {"pool": "chart-op"}}, "vmSelector": {"matchLabels": {"app": "chart-op"}},
+                     "enforcement": "HookSidecar"},
         })
         wait_for(lambda: admin.get("/api/v1/nodes/chart-op-a")["metadata"]["labels"].get("cpumodel.armcpu.io/chart-op") == "1", 30, "labelled")
         vm_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/chart-vm"
         wait_for(lambda: (admin.get(vm_path)["spec"]["template"]["spec"].get("nodeSelector") or {}).get("cpumodel.armcpu.io/chart-op") == "1",
                  30, "VM patched")
+        for namespace in ("default", "chart-hook"):
+            path = f"/api/v1/namespaces/{namespace}/configmaps/{vms.HOOK_CONFIGMAP}"
+            wait_for(lambda path=path: (admin.get_or_none(path) or {}).get("data") == {vms.HOOK_KEY: hookmaps.SCRIPT}, 30, "hook ConfigMap")
         admin.delete("/apis/armcpu.io/v1alpha1/cpumodels/chart-op")
         wait_for(lambda: admin.get_or_none("/apis/armcpu.io/v1alpha1/cpumodels/chart-op") is None, 30, "deleted")
+        for namespace in ("default", "chart-hook"):
+            path = f"/api/v1/namespaces/{namespace}/configmaps/{vms.HOOK_CONFIGMAP}"
+            wait_for(lambda path=path: admin.get_or_none(path) is None, 30, "hook ConfigMap removed with its last VM")
         wait_for(lambda: ("coordination.k8s.io", "leases", "update") in _used(control_plane, mark, user)[0], 15, "a Lease renewal")
         operator_kube = Kube(load_kubeconfig(kubeconfig))
         with pytest.raises(ApiError) as denied:
@@ -196,7 +219,7 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     used, refused = _used(control_plane, mark, user)
     assert [(e["verb"], e["objectRef"]) for e in refused if e["verb"] not in ("delete",) and e["objectRef"].get("resource") != "secrets"] == []
     granted = _granted(control_plane, "templates/operator-rbac.yaml")
-    assert len(granted) == 16
+    assert len(granted) == 22
     assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
     assert "cpumodel.armcpu.io/chart-op" not in admin.get("/api/v1/nodes/chart-op-a")["metadata"]["labels"]
 
@@ -240,12 +263,16 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hook))
     add_node(admin, "chart-clean", {"team": "keep", "armcpu.io/cpu": "x", "feature.armcpu.io/FEAT_SVE": "true",
                                     "cpumodel.armcpu.io/m": "3", "kubevirt.io/schedulable": "true"}, None)
-    control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-clean-vm", app="clean"))
+    control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-clean-vm", app="clean", namespace="default"))
     vm_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/chart-clean-vm"
     original = admin.get(vm_path)
     admin.json_patch(vm_path, vms.patch(original, vms.Desired("m", 3, "f", ("sve",))))
     assert vms.uses(admin.get(vm_path)) == "m"
     kubeconfig = control_plane.kubeconfig_with_token("cleanup-sa", _token(admin, f"{RELEASE}-cleanup"))
+    for namespace in ("chart-clean-unused", "chart-clean-running"):
+        control_plane.kubectl("create", "namespace", namespace, check=False)
+        admin.create(f"/api/v1/namespaces/{namespace}/configmaps", hookmaps.configmap(namespace, hookmaps.SCRIPT))
+    control_plane.kubectl("apply", "-f", "-", input=RUNNING_HOOKED_VMI)
     mark = control_plane.audit_mark()
     for _ in range(2):  # idempotent
         run = subprocess.run([sys.executable, "-m", "armcpu_operator", "cleanup", "--kubeconfig", str(kubeconfig), "--listen="],
@@ -256,6 +283,8 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     assert labels["team"] == "keep" and labels["kubevirt.io/schedulable"] == "true"
     restored = admin.get(vm_path)
     assert restored["spec"] == original["spec"] and restored["metadata"].get("annotations") == original["metadata"].get("annotations")
+    assert admin.get_or_none(hookmaps.path("chart-clean-unused")) is None
+    assert admin.get_or_none(hookmaps.path("chart-clean-running")) is not None, "a running VM started with the hook still needs it"
     used, refused = _used(control_plane, mark, f"system:serviceaccount:{NS}:{RELEASE}-cleanup")
     assert refused == [] and used == _granted(control_plane, "templates/cleanup-hook.yaml")
     writes = control_plane.writes_since(mark, f"system:serviceaccount:{NS}:{RELEASE}-cleanup")

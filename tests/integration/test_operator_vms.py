@@ -171,3 +171,81 @@ def _as_yaml(obj: dict[str, Any]) -> str:
         clean["metadata"].pop(key, None)
     clean.pop("status", None)
     return yaml.safe_dump(clean)
+
+
+VMI = """\
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+  namespace: vm-tests
+  annotations: {{armcpu.io/cpumodel: {model}, armcpu.io/revision: "{revision}"}}
+spec:
+  domain: {{devices: {{}}, memory: {{guest: 1Gi}}}}
+"""
+
+
+def _status(admin: Kube, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = admin.get(f"{CPUMODELS}/{name}").get("status") or {}
+    return status
+
+
+def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions") or [] if c["type"] == ctype)
+
+
+def test_hook_sidecar_enforcement_starts_qemu_with_the_model(control_plane: ControlPlane, admin: Kube, operator: OperatorProcess) -> None:
+    from armcpu_operator import hookmaps, vms
+
+    add_node(admin, "hook-g3", {"pool": "hooked"}, G3_GUEST)
+    add_node(admin, "hook-g4", {"pool": "hooked"}, G4_GUEST)
+    _apply_vm(control_plane, "hooked-vm", "hooked")
+    original = copy.deepcopy(admin.get(vm_path("hooked-vm")))
+    admin.create(CPUMODELS, {"apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "hooked"},
+                             "spec": {"nodeSelector": {"matchLabels": {"pool": "hooked"}}, "vmSelector": {"matchLabels": {"app": "hooked"}},
+                                      "enforcement": "HookSidecar"}})
+    wait_for(lambda: _status(admin, "hooked").get("vms", {}).get("domainRewrite") == 1, 30, "VM given the domain hook")
+    status = _status(admin, "hooked")
+    assert status["model"]["domainRewrite"] == "Needed" and "SYSREG_" in status["model"]["qemu"]
+    annotations = _template(admin, "hooked-vm")["metadata"]["annotations"]
+    assert annotations["armcpu.io/qemu-cpu"] == status["model"]["qemu"]
+    import json
+
+    assert json.loads(annotations[vms.HOOK_SIDECARS]) == [vms.HOOK_ENTRY]
+    hook_map = wait_for(lambda: admin.get_or_none(f"/api/v1/namespaces/{NS}/configmaps/{vms.HOOK_CONFIGMAP}"), 20, "hook ConfigMap")
+    assert hook_map["data"] == {vms.HOOK_KEY: hookmaps.SCRIPT} and hook_map["metadata"]["labels"] == hookmaps.LABELS
+    check = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=_as_yaml(admin.get(vm_path("hooked-vm"))))
+    assert check.returncode == 0, "the hooked VM is valid under KubeVirt's schema"
+
+    # a running VM started with revision 1 keeps it until restart; a new revision makes it restart-pending
+    control_plane.kubectl("apply", "-f", "-", input=VMI.format(name="hooked-vm", model="hooked", revision=status["revision"]))
+    wait_for(lambda: _status(admin, "hooked").get("vms", {}).get("running") == {str(status["revision"]): 1}, 20, "running counted")
+    assert _condition(_status(admin, "hooked"), "RestartPending")["status"] == "False"
+    admin.merge_patch(f"{CPUMODELS}/hooked", {"spec": {"features": {"FEAT_SHA3": "Disabled"}}})
+    wait_for(lambda: _status(admin, "hooked").get("vms", {}).get("restartPending") == 1, 30, "restart pending")
+    pending = _condition(_status(admin, "hooked"), "RestartPending")
+    assert pending["status"] == "True" and "vm-tests/hooked-vm" in pending["message"]
+    wait_for(lambda: _template(admin, "hooked-vm")["metadata"]["annotations"]["armcpu.io/revision"] == str(status["revision"] + 1),
+             10, "the stopped definition moved to the new revision")
+    admin.delete(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/hooked-vm")  # stopped: it restarts with the new one
+    wait_for(lambda: _condition(_status(admin, "hooked"), "RestartPending")["status"] == "False", 30, "nothing pending")
+
+    # deleting the model restores the VM exactly and removes the ConfigMap with its last user
+    admin.delete(f"{CPUMODELS}/hooked")
+    wait_for(lambda: admin.get_or_none(f"/api/v1/namespaces/{NS}/configmaps/{vms.HOOK_CONFIGMAP}") is None, 30, "ConfigMap removed")
+    assert admin.get(vm_path("hooked-vm"))["spec"] == original["spec"]
+    assert admin.get(vm_path("hooked-vm"))["metadata"].get("annotations") == original["metadata"].get("annotations")
+
+
+def test_a_model_equal_to_every_node_needs_no_domain_rewrite(control_plane: ControlPlane, admin: Kube, operator: OperatorProcess) -> None:
+    add_node(admin, "same-1", {"pool": "same"}, G4_GUEST)
+    add_node(admin, "same-2", {"pool": "same"}, G4_GUEST)
+    _apply_vm(control_plane, "same-vm", "same")
+    admin.create(CPUMODELS, {"apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "same"},
+                             "spec": {"nodeSelector": {"matchLabels": {"pool": "same"}}, "vmSelector": {"matchLabels": {"app": "same"}},
+                                      "enforcement": "HookSidecar"}})
+    wait_for(lambda: _status(admin, "same").get("vms", {}).get("current") == 1, 30, "VM patched")
+    status = _status(admin, "same")
+    assert status["model"]["domainRewrite"] == "NotNeeded" and status["model"]["qemu"] == "host"
+    assert status["vms"]["domainRewrite"] == 0
+    assert "armcpu.io/qemu-cpu" not in _template(admin, "same-vm")["metadata"]["annotations"]

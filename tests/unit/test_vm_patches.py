@@ -29,6 +29,10 @@ def vm_bodies(draw: st.DrawFn) -> dict[str, Any]:
         template["metadata"] = {"labels": {"kubevirt.io/vm": "v"}}
         if draw(st.booleans()):
             template["metadata"]["annotations"] = {"team": "db"}
+            # a user's own hook sidecars, spelled their way (restored byte for byte), or not valid JSON (left alone)
+            sidecars = draw(st.sampled_from([None, '[ {"image": "example/smbios:1", "args": ["--version", "v1alpha2"]} ]', "[]", "{oops"]))
+            if sidecars is not None:
+                template["metadata"]["annotations"][vms.HOOK_SIDECARS] = sidecars
     spec = template["spec"]
     if draw(st.booleans()):
         spec["nodeSelector"] = {"disk": "ssd"}
@@ -44,7 +48,9 @@ def vm_bodies(draw: st.DrawFn) -> dict[str, Any]:
 
 
 desired_values = st.builds(vms.Desired, model=st.sampled_from(["pool-a", "pool-b"]), revision=st.integers(1, 5),
-                           fingerprint=st.just("3565d72f6470af2f"), disable=st.sampled_from([(), ("sve",), ("sve", "pauth")]))
+                           fingerprint=st.just("3565d72f6470af2f"), disable=st.sampled_from([(), ("sve",), ("sve", "pauth")]),
+                           qemu_cpu=st.sampled_from([None, "host,pauth=off,SYSREG_ID_AA64ISAR0_EL1_SM3=0"]),
+                           qemu_machine=st.sampled_from([None, "impl-cpu.0.midr=0x410fd0c1,impl-cpu.0.revidr=0x0"]))
 
 
 def apply(vm: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,8 +108,64 @@ def test_plan_selects_reports_ambiguity_and_restores_deselected() -> None:
     plan = vms.plan_for_model("a", desired, web, everyone, {"a": web, "b": also_web})
     assert plan.ambiguous == {("ns", "one"): ["a", "b"], ("ns", "three"): ["a", "b"]} and plan.patches == {}
     single = vms.plan_for_model("a", desired, web, {("ns", "one"): vm("one", "web")}, {"a": web})
-    assert set(single.patches) == {("ns", "one")} and single.counts == {"selected": 1, "current": 1, "ambiguous": 0}
+    assert set(single.patches) == {("ns", "one")} and single.counts == {"selected": 1, "current": 1, "ambiguous": 0, "domainRewrite": 0}
     patched = apply(vm("one", "web"), single.patches[("ns", "one")])
     patched["metadata"]["labels"]["app"] = "db"  # relabelled out of the selection
     gone = vms.plan_for_model("a", desired, {"matchLabels": {"app": "web"}}, {("ns", "one"): patched}, {"a": {"matchLabels": {"app": "web"}}})
     assert apply(patched, gone.patches[("ns", "one")]) == {**vm("one", "db")}
+
+
+HOOKED = vms.Desired("m", 2, "f", (), qemu_cpu="host,SYSREG_ID_AA64ISAR0_EL1_SM3=0", qemu_machine="impl-cpu.0.midr=0x410fd0c1")
+
+
+def _template_annotations(vm: dict[str, Any]) -> dict[str, str]:
+    annotations: dict[str, str] = vm["spec"]["template"]["metadata"]["annotations"]
+    return annotations
+
+
+def test_the_hook_entry_joins_the_users_sidecars_and_leaves_alone() -> None:
+    mine = '[ {"image": "example/smbios:1"} ]'
+    vm = {"metadata": {"name": "v"}, "spec": {"template": {"metadata": {"annotations": {vms.HOOK_SIDECARS: mine}}, "spec": {"domain": {}}}}}
+    dressed = apply(vm, vms.patch(vm, HOOKED))
+    annotations = _template_annotations(dressed)
+    assert json.loads(annotations[vms.HOOK_SIDECARS]) == [{"image": "example/smbios:1"}, vms.HOOK_ENTRY]
+    assert annotations["armcpu.io/qemu-cpu"] == HOOKED.qemu_cpu and annotations["armcpu.io/qemu-machine"] == HOOKED.qemu_machine
+    assert vms.uses_hook(dressed)
+    # the user adds a sidecar of their own meanwhile: removal keeps it and takes only armcpu's entry out
+    later = copy.deepcopy(dressed)
+    _template_annotations(later)[vms.HOOK_SIDECARS] = json.dumps([{"image": "example/smbios:1"}, vms.HOOK_ENTRY, {"image": "b:2"}])
+    restored = apply(later, vms.patch(later, None))
+    assert json.loads(_template_annotations(restored)[vms.HOOK_SIDECARS]) == [{"image": "example/smbios:1"}, {"image": "b:2"}]
+    assert "armcpu.io/qemu-cpu" not in _template_annotations(restored)
+    # unchanged: back to the user's exact string
+    assert _template_annotations(apply(dressed, vms.patch(dressed, None)))[vms.HOOK_SIDECARS] == mine
+
+
+def test_a_hook_annotation_that_is_not_a_json_list_is_left_and_the_vm_gets_no_hook() -> None:
+    vm = {"metadata": {"name": "v"}, "spec": {"template": {"metadata": {"annotations": {vms.HOOK_SIDECARS: "{oops"}}, "spec": {}}}}
+    dressed = apply(vm, vms.patch(vm, HOOKED))
+    assert _template_annotations(dressed)[vms.HOOK_SIDECARS] == "{oops" and not vms.uses_hook(dressed)
+    assert "armcpu.io/qemu-cpu" not in _template_annotations(dressed)
+
+
+def test_desired_uses_the_hook_only_when_asked_and_needed() -> None:
+    status = {"revision": 3, "fingerprint": "f", "model": {"qemu": "host,SYSREG_X_Y=0", "qemuMachine": None, "libvirtDisabled": ["sve"],
+                                                           "domainRewrite": "Needed"}}
+    assert vms.desired_from("m", status, "HookSidecar").qemu_cpu == "host,SYSREG_X_Y=0"
+    assert vms.desired_from("m", status, "Scheduling").qemu_cpu is None
+    assert vms.desired_from("m", status, None).disable == ("sve",)
+    same = {**status, "model": {**status["model"], "qemu": "host", "domainRewrite": "NotNeeded"}}
+    assert vms.desired_from("m", same, "HookSidecar").qemu_cpu is None, "a model equal to every node's registers needs no rewrite"
+
+
+def test_running_vms_started_with_another_revision_are_restart_pending() -> None:
+    def vm(revision: str | None, model: str = "m") -> dict[str, Any]:
+        annotations = {} if revision is None else {vms.T_MODEL: model, vms.T_REVISION: revision}
+        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+    vmis = {("a", "1"): ("m", "2", False), ("a", "2"): ("m", "1", False), ("a", "3"): ("m", "1", True),
+            ("a", "4"): ("other", "1", False), ("a", "5"): ("m", "2", False)}
+    current = {("a", "1"): vm("2"), ("a", "2"): vm("2"), ("a", "3"): vm(None)}  # a/3 left the selection; a/5 has no VM
+    running, pending = vms.running_revisions("m", vmis, current, vms.Desired("m", 2, "f"))
+    assert running == {"2": 2, "1": 2}
+    assert pending == [("a", "2"), ("a", "3")]
