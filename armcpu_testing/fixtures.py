@@ -20,6 +20,7 @@ from armcpu_testing.controlplane import SHARED
 GET_API_VERSION = 0x0000AE00
 CREATE_VM = 0x0000AE01
 CHECK_EXTENSION = 0x0000AE03
+VENDOR_HYP_BMAP_2 = 0x6030000000160003  # KVM_REG_ARM_FW | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW_FEAT_BMAP | 3
 CREATE_VCPU = 0x0000AE41
 VCPU_INIT = 0x4020AEAE  # _IOW(0xae, struct kvm_vcpu_init: 32 bytes)
 PREFERRED_TARGET = 0x8020AEAF  # _IOR(0xaf, struct kvm_vcpu_init)
@@ -39,7 +40,7 @@ def registers_of(cpu: dict[str, Any]) -> dict[str, int]:
 
 
 def conversation(registers: dict[str, int], masks: dict[str, int] | None, *, sve: bool = False, ptrauth: bool = False,
-                 imp_id: bool = True, ipa_bits: int = 48, source: str = "") -> dict[str, Any]:
+                 imp_id: bool = True, ipa_bits: int = 48, source: str = "", vendor_hyp_bmap_2: int | None = None) -> dict[str, Any]:
     """The ioctls a scratch-vCPU probe makes on a host with these answers, in order."""
     caps = {102: 1, 126: 1, 170: int(sve), 171: int(ptrauth), 172: int(ptrauth), 230: 1 if masks is not None else 0, 239: int(imp_id)}
     calls: list[dict[str, Any]] = [
@@ -64,6 +65,8 @@ def conversation(registers: dict[str, int], masks: dict[str, int] | None, *, sve
     for name, value in registers.items():
         reg = catalog.register(name)
         one_reg[f"{catalog.sysreg_id(*reg.encoding):#018x}"] = f"{value:#018x}"
+    if vendor_hyp_bmap_2 is not None:  # the firmware pseudo-register of Linux 6.16+
+        one_reg[f"{VENDOR_HYP_BMAP_2:#018x}"] = f"{vendor_hyp_bmap_2:#018x}"
     out: dict[str, Any] = {"source": source, "calls": calls, "one_reg": one_reg}
     if masks is not None:
         table = {}
