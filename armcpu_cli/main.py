@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -261,7 +262,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="armcpu", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="armcpu", description="Common CPU models for arm64 hosts, from profile files (docs/profile-format.md); no cluster needed.",
+        epilog="Exit status: 0 done (check: the node can run the model), 1 check refused or pool infeasible, 2 bad input.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def out(p: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
@@ -270,8 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="the common model of a pool of CPUs")
     b.add_argument("profiles", nargs="+", metavar="PROFILE.json")
     b.add_argument("--base", help="cap by a named model (see `armcpu models`)")
-    b.add_argument("--feature", action="append", default=[], metavar="FEAT=off|on")
-    b.add_argument("--register", action="append", default=[], metavar="REG.FIELD=VALUE")
+    b.add_argument("--feature", action="append", default=[], metavar="FEAT=off|on",
+                   help="off: hide the feature and what depends on it; on: refuse members without it (repeatable)")
+    b.add_argument("--register", action="append", default=[], metavar="REG.FIELD=VALUE",
+                   help="set a field no FEAT name covers, e.g. CTR_EL0.DminLine=4 (repeatable)")
     b.add_argument("--identity-from", help="the member whose MIDR/REVIDR/AIDR the guest sees")
     b.add_argument("--assume-kvm", action="store_true",
                    help="for profiles without writable masks, assume a Linux 6.18-era KVM")
@@ -292,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="whether a node can present a model")
     c.add_argument("model", metavar="MODEL.json")
     c.add_argument("profile", metavar="PROFILE.json")
-    c.add_argument("--assume-kvm", action="store_true")
+    c.add_argument("--assume-kvm", action="store_true", help="for a profile without writable masks, assume a Linux 6.18-era KVM")
     out(c)
     c.set_defaults(func=cmd_check)
 
@@ -313,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ProfileError) as exc:
         print(f"armcpu: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `armcpu ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

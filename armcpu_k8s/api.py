@@ -100,16 +100,19 @@ FeatureSetting = Literal["Disabled", "Required"]
 
 
 class LabelSelectorRequirement(_Schema):
-    key: str = Field(max_length=317)
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] = Field(default_factory=list, max_length=64)
+    key: str = Field(max_length=317, description="The label key the requirement applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="How the key's value is compared with values.")
+    values: list[str] = Field(default_factory=list, max_length=64, description="Values for In and NotIn; empty for Exists and DoesNotExist.")
 
 
 class LabelSelector(_Schema):
     """A standard Kubernetes label selector; an empty selector selects nothing here (never every node)."""
 
-    matchLabels: dict[str, str] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}})
-    matchExpressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+    matchLabels: dict[str, str] = Field(default_factory=dict, description="Labels an object must carry, all of them (key: value).",
+                                        json_schema_extra={"additionalProperties": {"type": "string", "maxLength": 63}})
+    matchExpressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=32, description="Requirements an object's labels must meet, all of them (ANDed with matchLabels).",
+    )
 
 
 class RegisterSetting(_Schema):
@@ -166,15 +169,18 @@ class CpuModelSpec(_Schema):
 
 
 class Implementation(_Schema):
-    midr: str = Field(pattern=HEX32)
-    revidr: str = Field(pattern=HEX64)
-    aidr: str = Field(pattern=HEX64)
+    """One member's identity, offered to the guest as a target implementation."""
+
+    midr: str = Field(pattern=HEX32, description="MIDR_EL1 of the member.")
+    revidr: str = Field(pattern=HEX64, description="REVIDR_EL1 of the member.")
+    aidr: str = Field(pattern=HEX64, description="AIDR_EL1 of the member.")
 
 
 class ModelStatus(_Schema):
     """The computed model, everything a VM needs to be started with it."""
 
-    registers: dict[str, str] = Field(json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}})
+    registers: dict[str, str] = Field(description="Every ID register of the model (hex), as a guest started with it reads them.",
+                                      json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}})
     features: list[str] = Field(default_factory=list, description="FEAT names the model presents.")
     midr: str = Field(pattern=HEX32, description="MIDR the guest sees.")
     implementations: list[Implementation] = Field(default_factory=list, description="Every member's identity (for errata hypercalls).")
@@ -189,17 +195,23 @@ class ModelStatus(_Schema):
 
 
 class NodeCounts(_Schema):
-    selected: int = 0
-    compatible: int = 0
-    incompatible: int = 0
+    """How many nodes the nodeSelector selects, and how many of them can or cannot run the model."""
+
+    selected: int = Field(0, description="Nodes the nodeSelector selects.")
+    compatible: int = Field(0, description="Selected nodes that can run the current revision (labelled cpumodel.armcpu.io/<name>=<revision>).")
+    incompatible: int = Field(0, description="Selected nodes that cannot (reasons in incompatibleNodes).")
 
 
 class NodeWarning(_Schema):
-    name: str
-    message: str
+    """A cost on a compatible node."""
+
+    name: str = Field(description="The node.")
+    message: str = Field(description="What costs what, e.g. which CTR_EL0 fields differ and make guest reads trap.")
 
 
 class VmCounts(_Schema):
+    """The VirtualMachines of this model."""
+
     selected: int = Field(0, description="VMs this model's vmSelector matches.")
     current: int = Field(0, description="Selected VMs whose template carries the current revision.")
     ambiguous: int = Field(0, description="Selected VMs also selected by another CpuModel, left unchanged.")
@@ -212,27 +224,34 @@ class VmCounts(_Schema):
 
 
 class IncompatibleNode(_Schema):
-    name: str
-    reasons: list[str] = Field(default_factory=list)
+    """A selected node that cannot run the model, and why."""
+
+    name: str = Field(description="The node.")
+    reasons: list[str] = Field(default_factory=list, description="Each a register field with the node's and the model's value and the rule "
+                                                                 "that refuses it (up to 5, then how many more).")
 
 
 class Condition(_Schema):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    lastTransitionTime: str
-    observedGeneration: int | None = None
+    """A Kubernetes API condition."""
+
+    type: str = Field(description="Ready, Degraded, Invalid or RestartPending.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", description="One CamelCase word for programs (see docs/operator.md).")
+    message: str = Field("", description="What a human should know, naming nodes, fields and values.")
+    lastTransitionTime: str = Field(description="When status last changed.")
+    observedGeneration: int | None = Field(None, description="The spec generation the condition was computed for.")
 
 
 class CpuModelStatus(_Schema):
-    observedGeneration: int | None = None
+    """What the operator computed and where it applies; written by the operator only."""
+
+    observedGeneration: int | None = Field(None, description="The spec generation this status was computed for.")
     revision: int | None = Field(None, description="Increases whenever the model's registers change.")
-    fingerprint: str | None = None
+    fingerprint: str | None = Field(None, description="Short hash of the model's registers and identities (the node agent labels nodes with theirs).")
     specHash: str | None = Field(None, description="Hash of the spec the current revision was computed for.")
     model: ModelStatus | None = None
-    nodes: NodeCounts | None = None
-    vms: VmCounts | None = None
+    nodes: NodeCounts | None = Field(None, description="Node counts.")
+    vms: VmCounts | None = Field(None, description="VirtualMachine counts.")
     incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")
     incompatibleNodesOmitted: int = Field(0, description="How many incompatible nodes are not listed.")
     nodeWarnings: list[NodeWarning] = Field(
@@ -240,7 +259,8 @@ class CpuModelStatus(_Schema):
         "read trap (up to 20).",
     )
     conditions: list[Condition] = Field(
-        default_factory=list, json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        default_factory=list, description="Ready, Degraded, Invalid, RestartPending.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
 

@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", default="0.0.0.0:9101", help="address:port for /metrics, /healthz, /readyz ('' disables)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.add_argument("--kvm-record", type=Path, default=None, help="with --once: also write the KVM ioctl conversation to this file")
-    p.add_argument("--kvm-replay", type=Path, default=None, help="answer the KVM probe from a recorded conversation instead of /dev/kvm")
+    p.add_argument("--kvm-replay", type=Path, default=None,
+                   help="answer the KVM probe from a recorded conversation instead of /dev/kvm (on any architecture)")
     p.add_argument("--machine", default=platform.machine(), help=argparse.SUPPRESS)  # tests: pretend another arch
     return p.parse_args(argv)
 
@@ -128,6 +129,8 @@ class Agent:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.kvm_replay and args.machine not in ("aarch64", "arm64"):
+        args.machine = "aarch64"  # a replayed conversation is an arm64 host's: the machine running the replay does not matter
     sources = Sources(root=args.host_root, machine=args.machine)
     recorder = None
     try:

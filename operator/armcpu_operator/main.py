@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(), help="this replica's name in the Lease")
     p.add_argument("--no-leader-election", action="store_true", help="run without the Lease (only ever with one replica)")
     p.add_argument("--listen", default="0.0.0.0:8080", help="address:port for /metrics, /healthz, /readyz ('' disables)")
-    p.add_argument("--webhook-port", type=int, default=0, help="serve the validating webhook on this port (0: no webhook)")
+    p.add_argument("--webhook-port", type=int, default=0, help="serve the CpuModel validating and VM mutating webhooks on this port (0: none)")
     p.add_argument("--webhook-host", default="127.0.0.1", help="host name the API server uses to reach the webhook")
     p.add_argument("--webhook-cert", type=Path, help="TLS certificate (PEM) of the webhook server")
     p.add_argument("--webhook-key", type=Path, help="TLS key (PEM) of the webhook server")
@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--webhook-config", default="", help="let the operator create and own a ValidatingWebhookConfiguration of this name "
                    "(default: none; the Helm chart ships its own)")
     p.add_argument("command", nargs="?", choices=("run", "cleanup"), default="run",
-                   help="run (default), or cleanup: remove every armcpu label from every node and exit (the chart's uninstall hook)")
+                   help="run (default), or cleanup: restore every VM armcpu patched, remove every armcpu label and unused "
+                        "domain hook ConfigMap, and exit (the chart's uninstall hook)")
     p.add_argument("--resync", type=float, default=300.0, help="seconds between unconditional reconciles of each CpuModel")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     return p.parse_args(argv)

@@ -87,3 +87,14 @@ def test_models_and_features_list(capsys: pytest.CaptureFixture[str]) -> None:
     feats = json.loads(out)
     assert feats["FEAT_PMULL"] == "ID_AA64ISAR0_EL1.AES >= 2"
     assert feats["FEAT_Crypto"].startswith("dependency-only")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`armcpu baseline ... | head -1`: the CLI stops quietly when its reader closes the pipe."""
+    import subprocess
+    import sys
+
+    profiles = ["examples/profiles/graviton3-kvm-6.18.json", "examples/profiles/graviton4-kvm-6.18.json"]
+    script = f"{sys.executable} -m armcpu_cli.main baseline --assume-kvm {' '.join(profiles)} | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout == "common mod 141\n" and done.stderr == ""

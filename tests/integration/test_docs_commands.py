@@ -1,0 +1,41 @@
+"""The cluster commands of the docs (kubectl, helm) run against the demo's cluster, in document order;
+what the docs show is what they print, ages aside (see tests/docs_commands.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from armcpu_testing.demo import demo
+from tests import docs_commands as docs
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.integration
+CLUSTER = [c for c in docs.commands() if c.program in docs.CLUSTER]
+
+
+def test_documented_cluster_commands_run_and_print_what_the_docs_show() -> None:
+    assert len(CLUSTER) >= 8
+    with demo(keep=False) as show:
+        show.run()
+        tools = os.environ["ARMCPU_TOOLS_DIR"]
+        env = {**os.environ, "KUBECONFIG": str(show.plane.kubeconfig), "PATH": f"{tools}:{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+        failures = []
+        for command in CLUSTER:
+            done = subprocess.run(["bash", "-c", command.text], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+            if done.returncode != 0:
+                failures.append(f"{command.where}: exit {done.returncode}: {done.stderr[-500:]}")
+                continue
+            shown = [docs.normalised(line) for line in command.shown]
+            actual = [docs.normalised(line) for line in done.stdout.splitlines()]
+            for lines in (shown, actual):
+                while lines and not lines[-1]:
+                    lines.pop()
+            if shown and shown[-1] == ["..."]:
+                shown.pop()
+                actual = actual[: len(shown)]
+            if shown != actual:
+                failures.append(f"{command.where}: shows {shown}, printed {actual}")
+        assert failures == []
