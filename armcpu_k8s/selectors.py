@@ -34,6 +34,15 @@ def check(selector: Mapping[str, Any], where: str = "nodeSelector") -> list[str]
 
 
 def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy ``selector``; a malformed selector (an object written around the
+    schema) selects nothing rather than failing the caller, which is reconciling something else."""
+    try:
+        return _matches(selector, labels)
+    except (AttributeError, TypeError, KeyError):
+        return False
+
+
+def _matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     match_labels = selector.get("matchLabels") or {}
     exprs = selector.get("matchExpressions") or []
     if not match_labels and not exprs:

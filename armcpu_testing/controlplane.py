@@ -147,6 +147,7 @@ class ControlPlane:
     etcd_port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ca: _CA | None = None
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -195,8 +196,25 @@ class ControlPlane:
             raise ControlPlaneError(f"helm {' '.join(args)} failed: {proc.stderr}")
         return proc.stdout
 
+    def restart(self, names: tuple[str, ...] = ("etcd", "kube-apiserver"), kill: bool = True, down_seconds: float = 0.0) -> float:
+        """Stop these processes (SIGKILL, or SIGTERM), keep them down ``down_seconds``, start them again
+        on the same ports, data and certificates, and wait until the API server is ready; returns the
+        seconds the API was unavailable."""
+        start = time.monotonic()
+        for proc in [p for p in self.processes if any(p.args == self.commands[n] for n in names)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            proc.wait(timeout=30)
+            self.processes.remove(proc)
+        time.sleep(down_seconds)
+        for name in ("etcd", "kube-apiserver"):
+            if name in names:
+                self._spawn(name, self.commands[name])
+        self._wait_ready(self.workdir / "pki", 90.0)
+        return time.monotonic() - start
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")
+        log = open(self.workdir / f"{name}.log", "ab")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(proc)
         return proc
@@ -218,7 +236,7 @@ class ControlPlane:
                                              serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         self.etcd_port, peer_port, self.api_port = free_port(), free_port(), free_port()
-        self._spawn("etcd", [
+        self.commands["etcd"] = [
             self.binary("etcd"),
             "--data-dir", str(self.workdir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
@@ -228,8 +246,8 @@ class ControlPlane:
             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync",
             "--log-level", "warn",
-        ])
-        self._spawn("kube-apiserver", [
+        ]
+        self.commands["kube-apiserver"] = [
             self.binary("kube-apiserver"),
             "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
             "--bind-address", "127.0.0.1",
@@ -251,7 +269,9 @@ class ControlPlane:
             "--audit-log-mode", "blocking",
             "--audit-log-format", "json",
             "--v", "1",
-        ])
+        ]
+        for name in ("etcd", "kube-apiserver"):
+            self._spawn(name, self.commands[name])
         self._write_kubeconfig(pki)
         self._wait_ready(pki, timeout)
 

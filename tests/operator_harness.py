@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armcpu import kvm
-from armcpu.profile import Profile
+from armcpu import model as algebra
+from armcpu.profile import Profile, from_dict
 from armcpu_k8s.kube import ApiError, Kube
+from armcpu_operator import plan, vms
 from armcpu_testing.controlplane import ControlPlane, free_port
 from armcpu_testing.waiting import wait_for
 from node_agent.collect import Sources, collect
@@ -125,3 +127,23 @@ def remove_node(kube: Kube, name: str) -> None:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+
+def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str], namespace: str) -> None:
+    """The safety invariant: exactly the nodes that can run the model carry its revision, every VM carries
+    exactly its patch, and every node a VM's selector admits can run the VM's model revision."""
+    status = admin.get(f"/apis/armcpu.io/v1alpha1/cpumodels/{model_name}")["status"]
+    model = plan.model_from_status(status["model"])
+    revision = str(status["revision"])
+    key = plan.label_key(model_name)
+    profiles = {p["metadata"]["name"]: from_dict({**p["spec"], "name": p["metadata"]["name"]})
+                for p in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]}
+    labelled = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"] if n["metadata"].get("labels", {}).get(key) == revision}
+    assert labelled == {n for n in nodes if algebra.can_run(profiles[n], model).ok}, "exactly the nodes that can run the model"
+    for name in vm_names:
+        vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}")
+        assert vms.patch(vm, vms.Desired(model_name, int(revision), status["fingerprint"], tuple(status["model"]["libvirtDisabled"]))) == []
+        selector = vm["spec"]["template"]["spec"]["nodeSelector"]
+        admitted = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]
+                    if all(n["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())}
+        assert admitted and all(algebra.can_run(profiles[n], model).ok for n in admitted), f"{name} could land on a node that cannot run it"

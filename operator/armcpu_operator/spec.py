@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
+
 from armcpu import catalog, model, named_models
-from armcpu_k8s import selectors
+from armcpu_k8s import api, selectors
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,33 @@ class Request:
         return not self.errors
 
 
-def spec_hash(spec: Mapping[str, Any]) -> str:
+def spec_hash(spec: object) -> str:
     """A stable hash of what the user asked for; a new value means a new revision is due."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":"), default=repr).encode()).hexdigest()[:16]
+
+
+def _structure_errors(spec: object) -> list[str]:
+    """The spec checked against the very types the CRD schema is generated from: the API server
+    enforces them at admission, but an object written around it (or an older schema) must still
+    come out as a named error, not a crash."""
+    if not isinstance(spec, Mapping):
+        return [f"spec: expected an object, got {type(spec).__name__}"]
+    try:
+        api.CpuModelSpec.model_validate(dict(spec))
+    except pydantic.ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            out.append(f"{path}: {err['msg']} (got {err['input']!r:.60})")
+        return out
+    return []
 
 
 def parse(spec: Mapping[str, Any]) -> Request:
+    structure = _structure_errors(spec)
+    if structure:
+        return Request(selector={}, vm_selector=None, base=None, feature_settings={}, register_settings={}, policy="Pinned",
+                       spec_hash=spec_hash(spec), errors=tuple(structure))
     errors: list[str] = []
     selector = spec.get("nodeSelector") or {}
     errors += [f"spec.{e}" for e in selectors.check(selector)]

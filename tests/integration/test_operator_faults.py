@@ -11,12 +11,9 @@ from typing import Any
 
 import pytest
 
-from armcpu import model as algebra
-from armcpu.profile import from_dict
 from armcpu_k8s.kube import Kube, load_kubeconfig
-from armcpu_operator import plan, vms
 from armcpu_testing.controlplane import ControlPlane
-from tests.operator_harness import add_node, running_operator, wait_for
+from tests.operator_harness import add_node, assert_safe_and_converged, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
@@ -27,24 +24,6 @@ def _vm(name: str) -> dict[str, Any]:
     return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name, "labels": {"app": "faults"}},
             "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"cpu": {"model": "host-passthrough"}, "devices": {},
                                                                                "memory": {"guest": "1Gi"}}}}}}
-
-
-def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str]) -> None:
-    status = admin.get(f"/apis/armcpu.io/v1alpha1/cpumodels/{model_name}")["status"]
-    model = plan.model_from_status(status["model"])
-    revision = str(status["revision"])
-    key = plan.label_key(model_name)
-    profiles = {p["metadata"]["name"]: from_dict({**p["spec"], "name": p["metadata"]["name"]})
-                for p in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]}
-    labelled = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"] if n["metadata"].get("labels", {}).get(key) == revision}
-    assert labelled == {n for n in nodes if algebra.can_run(profiles[n], model).ok}, "exactly the nodes that can run the model"
-    for name in vm_names:
-        vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/{name}")
-        assert vms.patch(vm, vms.Desired(model_name, int(revision), status["fingerprint"], tuple(status["model"]["libvirtDisabled"]))) == []
-        selector = vm["spec"]["template"]["spec"]["nodeSelector"]
-        admitted = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]
-                    if all(n["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())}
-        assert admitted and all(algebra.can_run(profiles[n], model).ok for n in admitted), f"{name} could land on a node that cannot run it"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -72,4 +51,4 @@ def test_killed_mid_convergence_then_restarted_converges_safely(control_plane: C
     with running_operator(control_plane, identity=f"faults-{seed}-again", webhook=False):
         wait_for(lambda: (admin.get(f"/apis/armcpu.io/v1alpha1/cpumodels/{pool}").get("status") or {}).get("vms", {}).get("current")
                  == len(vm_names), 60, "convergence after the restart")
-        assert_safe_and_converged(admin, pool, nodes, vm_names)
+        assert_safe_and_converged(admin, pool, nodes, vm_names, NS)

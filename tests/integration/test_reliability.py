@@ -1,0 +1,159 @@
+"""Faults outside the operator: the API server and etcd restarted mid-reconcile, and another client
+editing the same Nodes and VMs at the same time. Each ends with the safety invariant
+(tests/operator_harness.py:assert_safe_and_converged)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
+from armcpu_operator import vms
+from armcpu_testing.controlplane import ControlPlane, free_port, running
+from tests.helpers import REPO
+from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, http_get, running_operator, wait_for
+
+pytestmark = pytest.mark.integration
+CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
+CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
+
+
+def _vm(name: str, pool: str) -> dict[str, Any]:
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name, "labels": {"pool": pool}},
+            "spec": {"runStrategy": "Halted", "template": {"spec": {
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+                "domain": {"cpu": {"model": "host-passthrough"}, "devices": {}, "memory": {"guest": "1Gi"}}}}}}
+
+
+def _model(pool: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": pool},
+            "spec": {"nodeSelector": {"matchLabels": {"pool": pool}}, "vmSelector": {"matchLabels": {"pool": pool}}, **spec}}
+
+
+def _status(admin: Kube, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = admin.get(f"{CPUMODELS}/{name}").get("status") or {}
+    return status
+
+
+def test_api_server_and_etcd_restart_mid_reconcile() -> None:
+    """Both restarted while the operator labels nodes and patches VMs: operator and agent recover
+    without restarting, every node and VM ends right, and no VM is patched twice."""
+    pool, ns = "restart", "restart"
+    with running() as plane:
+        admin = Kube(load_kubeconfig(plane.kubeconfig))
+        plane.kubectl("create", "namespace", ns)
+        nodes = [f"r-{i:02d}" for i in range(8)]
+        for i, name in enumerate(nodes):
+            add_node(admin, name, {"pool": pool}, CPUS[i % 2])
+        vm_names = [f"r-vm-{i:02d}" for i in range(30)]
+        for name in vm_names:
+            admin.create(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines", _vm(name, pool))
+        admin.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "r-agent", "labels": {"pool": pool}}})
+        port = free_port()
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "node_agent.main", "--node-name", "r-agent", "--kubeconfig", str(plane.kubeconfig), "--interval", "1",
+             "--listen", f"127.0.0.1:{port}", "--host-root", "tests/fixtures/hosts/graviton4",
+             "--kvm-replay", "tests/fixtures/kvm/graviton4-host6.18.json"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        nodes.append("r-agent")
+        try:
+            wait_for(lambda: admin.get_or_none("/apis/armcpu.io/v1alpha1/nodecpuprofiles/r-agent") is not None, 20, "the agent's profile")
+            with running_operator(plane, identity="restart", webhook=False) as operator:
+                admin.create(CPUMODELS, _model(pool))
+                time.sleep(0.4)  # mid-convergence
+                outage = plane.restart(kill=False, down_seconds=2.0)
+                wait_for(lambda: _status(admin, pool).get("vms", {}).get("current") == len(vm_names), 90, "convergence after the restart")
+                assert operator.proc.poll() is None and agent.poll() is None, "neither restarted"
+                assert_safe_and_converged(admin, pool, nodes, vm_names, ns)
+                probes_before = _agent_probes(port)
+                wait_for(lambda: _agent_probes(port) > probes_before, 10, "the agent probing again")
+                assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+            patched = Counter(e["objectRef"]["name"] for e in plane.writes_since(0, OPERATOR_USER)
+                              if e["objectRef"].get("resource") == "virtualmachines" and e["responseStatus"]["code"] < 300)
+            assert set(patched) == set(vm_names) and set(patched.values()) == {1}, f"patched more than once: {patched.most_common(3)}"
+            print(f"API server and etcd unavailable for {outage:.1f}s")
+        finally:
+            agent.kill()
+            agent.wait(timeout=10)
+
+
+def _agent_probes(port: int) -> float:
+    for line in http_get(f"http://127.0.0.1:{port}/metrics")[1].splitlines():
+        if line.startswith("armcpu_agent_probe_duration_seconds_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_concurrent_writers_on_the_same_nodes_and_vms_both_keep_their_changes(control_plane: ControlPlane) -> None:
+    """Another client relabels the pool's nodes and rewrites the VMs' affinity and labels while the
+    operator converges and then moves to a new revision: both sides' changes survive."""
+    pool, ns = "rival", "rival"
+    admin = Kube(load_kubeconfig(control_plane.kubeconfig))
+    control_plane.kubectl("create", "namespace", ns, check=False)
+    nodes = [f"rv-{i}" for i in range(4)]
+    for i, name in enumerate(nodes):
+        add_node(admin, name, {"pool": pool}, CPUS[i % 2])
+    vm_names = [f"rv-vm-{i:02d}" for i in range(10)]
+    for name in vm_names:
+        admin.create(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines", _vm(name, pool))
+    rival = Kube(load_kubeconfig(control_plane.kubeconfig_for("rival")))
+    stop = threading.Event()
+    last: dict[str, int] = {}
+    errors: list[str] = []
+
+    def edit() -> None:
+        round_ = 0
+        while not stop.is_set():
+            round_ += 1
+            for name in nodes:
+                rival.merge_patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": {"rival.example.com/round": str(round_)}}})
+            for name in vm_names:
+                terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": [f"z{round_}"]}]}]
+                try:
+                    rival.merge_patch(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}", {
+                        "metadata": {"labels": {"rival.example.com/round": str(round_)}},
+                        "spec": {"template": {"spec": {"affinity": {"nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}}}}})
+                except ApiError as exc:  # a merge patch never conflicts; anything else is a finding
+                    errors.append(str(exc))
+            last["round"] = round_
+
+    with running_operator(control_plane, identity="rival", webhook=True):
+        writer = threading.Thread(target=edit)
+        writer.start()
+        try:
+            admin.create(CPUMODELS, _model(pool))
+            wait_for(lambda: _status(admin, pool).get("vms", {}).get("current") == len(vm_names), 60, "first revision")
+            admin.merge_patch(f"{CPUMODELS}/{pool}", {"spec": {"features": {"FEAT_SHA3": "Disabled"}}})
+            wait_for(lambda: _status(admin, pool).get("revision") == 2 and _status(admin, pool)["vms"]["current"] == len(vm_names), 60,
+                     "second revision on every VM while the rival writes")
+        finally:
+            stop.set()
+            writer.join(timeout=60)
+        assert errors == [] and last["round"] >= 3
+        round_ = str(last["round"])
+        wait_for(lambda: _status(admin, pool)["vms"]["current"] == len(vm_names), 30, "settled")
+        assert_safe_and_converged(admin, pool, nodes, vm_names, ns)
+        for name in nodes:
+            assert admin.get(f"/api/v1/nodes/{name}")["metadata"]["labels"]["rival.example.com/round"] == round_
+        for name in vm_names:
+            vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}")
+            assert vm["metadata"]["labels"]["rival.example.com/round"] == round_
+            terms = vm["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [f"z{round_}"]
+        # deleting the model takes out exactly armcpu's part: what is left is the rival's last state
+        admin.delete(f"{CPUMODELS}/{pool}")
+        wait_for(lambda: admin.get_or_none(f"{CPUMODELS}/{pool}") is None, 30, "model deleted")
+        for name in vm_names:
+            vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}")
+            want = _vm(name, pool)["spec"]
+            want["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] = [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": [f"z{round_}"]}]}]
+            assert vm["spec"] == want and vms.RECORD not in (vm["metadata"].get("annotations") or {})

@@ -1,0 +1,105 @@
+"""Bad input, tried systematically (hypothesis): every parser of outside data either accepts it or
+says what is wrong; none raises anything else, and the reconcile of a hostile object plans an
+``Invalid`` status instead of crashing the loop."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from armcpu.profile import Profile, ProfileError, from_dict
+from armcpu_operator import plan
+from armcpu_operator import spec as specs
+from node_agent import plan as agent_plan
+from tests.helpers import CPUS
+
+VALID_PROFILE: dict[str, Any] = json.loads((CPUS / "kvm-guest/graviton4-neoverse-v2-host6.18.json").read_text())
+VALID_SPEC: dict[str, Any] = {
+    "nodeSelector": {"matchLabels": {"pool": "a"}}, "vmSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["x"]}]},
+    "base": "neoverse-v1", "features": {"FEAT_SHA3": "Disabled", "FEAT_LSE": "Required"},
+    "registers": [{"register": "CTR_EL0", "field": "DminLine", "value": 4}], "identityFrom": "n1", "updatePolicy": "Follow",
+    "enforcement": "HookSidecar",
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=30)
+    | st.sampled_from(["0x", "0xffffffffffffffffff", "-0x1", "0x1g", "FEAT_", "ID_AA64ISAR0_EL1", "In", "Disabled", "\u0000", "a" * 300]),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=5),
+    max_leaves=25,
+)
+
+
+def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            out += _paths(value, (*prefix, index))
+    return out
+
+
+@st.composite
+def mutated(draw: st.DrawFn, valid: dict[str, Any]) -> Any:
+    """``valid`` with one to three values (or whole subtrees) replaced by arbitrary JSON, or removed."""
+    obj = copy.deepcopy(valid)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(obj) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = obj
+        for part in path[:-1]:
+            parent = parent[part]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(json_values)
+    return obj
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(json_values, mutated(VALID_PROFILE)))
+def test_profile_parser_accepts_or_names_the_problem(data: Any) -> None:
+    try:
+        parsed = from_dict(data, "fuzz")
+    except ProfileError as exc:
+        assert str(exc).startswith("fuzz")
+        return
+    assert isinstance(parsed, Profile)
+    agent_plan.desired_labels(parsed, feature_labels=True)  # whatever was accepted can be labelled
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(json_values, mutated(VALID_PROFILE)))
+def test_the_operator_reads_a_hostile_nodecpuprofile_as_a_reason_not_a_crash(data: Any) -> None:
+    parsed = plan.parse_profile("node-a", data if isinstance(data, dict) else {"spec": data})
+    assert isinstance(parsed, (Profile, str))
+    if isinstance(parsed, Profile):
+        assert parsed.name == "node-a", "a profile naming another node is read as the node it belongs to"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.one_of(st.dictionaries(st.text(max_size=15), json_values, max_size=6), mutated(VALID_SPEC)))
+def test_spec_parser_and_reconcile_turn_bad_specs_into_an_invalid_condition(spec: Any) -> None:
+    request = specs.parse(spec)
+    assert all(isinstance(e, str) and e.startswith("spec.") for e in request.errors)
+    cpumodel = {"metadata": {"name": "fuzz", "generation": 1}, "spec": spec, "status": None}
+    result = plan.reconcile(cpumodel, {"node-a": {"pool": "a"}}, {}, "2026-11-25T00:00:00Z")
+    kinds = {c["type"]: c for c in result.status["conditions"]}
+    assert (kinds["Invalid"]["status"] == "True") == bool(request.errors)
+    if request.errors:
+        assert result.label_changes == {} and kinds["Invalid"]["message"] == "; ".join(request.errors)
+
+
+@settings(max_examples=500, deadline=None)
+@given(midr=st.integers(0, 2**32 - 1))
+def test_any_midr_gives_a_valid_label_value(midr: int) -> None:
+    profile = from_dict({**VALID_PROFILE, "midr": f"{midr:#x}"}, "midr")
+    value = agent_plan.cpu_label(profile)
+    assert len(value) <= 63 and agent_plan._LABEL_VALUE.match(value)
