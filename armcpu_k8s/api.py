@@ -242,6 +242,16 @@ class Condition(_Schema):
     observedGeneration: int | None = Field(None, description="The spec generation the condition was computed for.")
 
 
+class LiveRevision(_Schema):
+    """An older revision some running VM was started with, kept until the last of them restarts."""
+
+    revision: int = Field(description="The revision.")
+    fingerprint: str | None = Field(None, description="Its fingerprint.")
+    registers: dict[str, str] = Field(description="Its registers (hex), to tell which nodes can still run it.",
+                                      json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}})
+    implementations: list[Implementation] = Field(default_factory=list, description="Its members' identities.")
+
+
 class CpuModelStatus(_Schema):
     """What the operator computed and where it applies; written by the operator only."""
 
@@ -257,6 +267,11 @@ class CpuModelStatus(_Schema):
     nodeWarnings: list[NodeWarning] = Field(
         default_factory=list, description="Costs on compatible nodes, e.g. a CTR_EL0 that differs from the node's makes every guest CTR_EL0 "
         "read trap (up to 20).",
+    )
+    liveRevisions: list[LiveRevision] = Field(
+        default_factory=list, max_length=16,
+        description="Older revisions running VMs still use: nodes that can run one (and the current revision) are labelled "
+        "r<N>.cpumodel.armcpu.io/<name>=true, and such a VM's nodeSelector requires that label until it restarts.",
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Degraded, Invalid, RestartPending.",

@@ -1,12 +1,14 @@
 """Label and annotation keys armcpu owns. Everything armcpu writes on Nodes and VMs is under these.
 
 The agent owns ``armcpu.io/`` and ``feature.armcpu.io/`` keys on its own Node; the operator owns
-``cpumodel.armcpu.io/`` keys on Nodes. Neither touches the other's keys, and neither ever writes
+``cpumodel.armcpu.io/<model>`` (the current revision a node can run) and ``r<N>.cpumodel.armcpu.io/<model>``
+(an older revision N still running on some VM, which the node can also run) keys on Nodes. Neither touches the other's keys, and neither ever writes
 ``kubevirt.io``, ``node-labeller.kubevirt.io`` or ``feature.node.kubernetes.io`` keys.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 DOMAIN = "armcpu.io"
@@ -16,6 +18,7 @@ PROBE = f"{DOMAIN}/probe"
 FEATURE_PREFIX = f"feature.{DOMAIN}/"
 AGENT_PREFIXES = (f"{DOMAIN}/", FEATURE_PREFIX)
 MODEL_PREFIX = f"cpumodel.{DOMAIN}/"
+_REVISION_KEY = re.compile(rf"^r([1-9][0-9]*)\.cpumodel\.{re.escape(DOMAIN)}/(.+)$")
 FOREIGN_PREFIXES = ("kubevirt.io/", "node-labeller.kubevirt.io/", "cpu-model.node.kubevirt.io/", "feature.node.kubernetes.io/")
 
 
@@ -35,4 +38,20 @@ def is_agent_key(key: str) -> bool:
 
 
 def is_model_key(key: str) -> bool:
-    return key.startswith(MODEL_PREFIX)
+    return key.startswith(MODEL_PREFIX) or _REVISION_KEY.match(key) is not None
+
+
+def revision_key(model: str, revision: int) -> str:
+    """The node label saying a node can run revision ``revision`` of ``model`` (kept while VMs run it)."""
+    return f"r{revision}.{MODEL_PREFIX}{model}"
+
+
+def revision_of_key(key: str, model: str) -> int | None:
+    """N for ``r<N>.cpumodel.armcpu.io/<model>``, else None."""
+    found = _REVISION_KEY.match(key)
+    return int(found.group(1)) if found and found.group(2) == model else None
+
+
+def owned_by_model(key: str, model: str) -> bool:
+    """A node label the operator writes for ``model``: its current revision or an older live one."""
+    return key == MODEL_PREFIX + model or revision_of_key(key, model) is not None

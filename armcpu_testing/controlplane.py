@@ -201,11 +201,12 @@ class ControlPlane:
         on the same ports, data and certificates, and wait until the API server is ready; returns the
         seconds the API was unavailable."""
         start = time.monotonic()
-        for proc in [p for p in self.processes if any(p.args == self.commands[n] for n in names)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            proc.wait(timeout=30)
-            self.processes.remove(proc)
+        for name in ("kube-apiserver", "etcd"):  # the API server first: it drains against a live etcd
+            for proc in [p for p in self.processes if name in names and p.args == self.commands[name]]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                proc.wait(timeout=120)
+                self.processes.remove(proc)
         time.sleep(down_seconds)
         for name in ("etcd", "kube-apiserver"):
             if name in names:

@@ -95,7 +95,8 @@ def model_definitions(name: str, spec: kopf.Spec, status: kopf.Status, meta: kop
         return {name: None}
     keep = ("qemu", "qemuMachine", "libvirtDisabled", "domainRewrite")
     return {name: {"revision": status["revision"], "fingerprint": status.get("fingerprint"),
-                   "model": {k: copy.deepcopy(model.get(k)) for k in keep}, "enforcement": spec.get("enforcement")}}
+                   "model": {k: copy.deepcopy(model.get(k)) for k in keep}, "enforcement": spec.get("enforcement"),
+                   "live": [int(e["revision"]) for e in status.get("liveRevisions") or []]}}
 
 
 @kopf.index("kubevirt.io", "v1", "virtualmachines")
@@ -116,6 +117,11 @@ def running_vms(name: str, namespace: str | None, annotations: kopf.Annotations,
 
 def _single(index: Any) -> dict[Any, Any]:
     return {key: next(iter(store)) for key, store in index.items() if len(store)}
+
+
+def _running_of(model: str, vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> dict[tuple[str, str], str]:
+    """The revision each running VM of ``model`` was started with."""
+    return {key: revision for key, (vmi_model, revision, _) in vmis.items() if vmi_model == model}
 
 
 def _hooked_vmis(running: Any) -> list[tuple[str, str]]:
@@ -204,9 +210,11 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
     waiting for a restart, and success."""
     desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
     view = STATE.vms_view(_single(indexes["virtual_machines"]))
-    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]))
-    ok = await send_vm_patches(name, result)
     vmis = _single(indexes["running_vms"])
+    live = [int(e["revision"]) for e in status.get("liveRevisions") or []]
+    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]),
+                                running=_running_of(name, vmis), live=live)
+    ok = await send_vm_patches(name, result)
     ok = await hookmaps.sync(_kube(), STATE, STATE.vms_view(_single(indexes["virtual_machines"])), _hooked_vmis(indexes["running_vms"])) and ok
     running, pending = vms.running_revisions(name, vmis, {**view, **result.targets}, desired)
     counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
@@ -228,7 +236,10 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
     obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
     nodes = STATE.labels_view(_single(indexes["node_labels"]))
-    result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now())
+    running: dict[str, int] = {}
+    for revision in _running_of(name, _single(indexes["running_vms"])).values():
+        running[revision] = running.get(revision, 0) + 1
+    result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now(), running=running)
     kube = _kube()
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
@@ -323,7 +334,9 @@ def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     definition = _single(kwargs["model_definitions"]).get(matched[0])
     if not definition:
         return  # no model computed yet
-    desired = vms.desired_from(matched[0], definition, definition.get("enforcement"))
+    key = ((body.get("metadata") or {}).get("namespace") or "", (body.get("metadata") or {}).get("name") or "")
+    running = _running_of(matched[0], _single(kwargs["running_vms"])).get(key)
+    desired = vms.for_running(vms.desired_from(matched[0], definition, definition.get("enforcement")), running, definition.get("live") or ())
     carried = vms.current_revision(body) if vms.uses(body) == matched[0] else None
     if carried is not None and carried.isdigit() and int(carried) > desired.revision:
         return  # the reconciler already moved it to a revision this replica's index has not seen yet: never move it back

@@ -28,6 +28,7 @@ from armcpu_operator import spec as specs
 
 MAX_LISTED_NODES = 20
 MAX_REASONS_PER_NODE = 5
+MAX_LIVE_REVISIONS = 16
 EVENT_NODE_LIST = 5
 
 
@@ -187,8 +188,23 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
     return applied.model, Rendered.of(applied.model, pool), ""
 
 
+def _live_revisions(old: Mapping[str, Any], revision: int, running: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Older revisions some running VM still runs, with their models (kept in status, since only the
+    current model is otherwise stored): their nodes keep an ``r<N>`` label so those VMs can migrate."""
+    history = {int(e["revision"]): dict(e) for e in old.get("liveRevisions") or []}
+    old_revision = old.get("revision")
+    if old.get("model") and old_revision is not None and int(old_revision) != revision:
+        history[int(old_revision)] = {"revision": int(old_revision), "fingerprint": old.get("fingerprint"),
+                                      "registers": old["model"].get("registers") or {},
+                                      "implementations": old["model"].get("implementations") or []}
+    live = [history[r] for r in sorted(history, reverse=True) if r != revision and running.get(str(r))]
+    return live[:MAX_LIVE_REVISIONS]
+
+
 def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]],
-              profiles: Mapping[str, Mapping[str, Any] | ParsedProfile], now: str) -> Plan:
+              profiles: Mapping[str, Mapping[str, Any] | ParsedProfile], now: str,
+              running: Mapping[str, int] | None = None) -> Plan:
+    """``running``: how many running VMs (VMIs) of this model were started with each revision."""
     meta = cpumodel.get("metadata", {})
     name = meta["name"]
     generation = meta.get("generation")
@@ -248,11 +264,21 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         for profile in pool:
             incompatible[profile.name] = [problem]
 
+    live = _live_revisions(old, revision, running or {}) if model is not None else list(old.get("liveRevisions") or [])
+    by_name = {p.name: p for p in pool}
     label_changes: dict[str, dict[str, str | None]] = {}
     for node_name, node_labels in nodes.items():
-        want = str(revision) if node_name in compatible else None
-        if node_labels.get(key) != want:
-            label_changes[node_name] = {key: want}
+        want: dict[str, str | None] = {key: str(revision) if node_name in compatible else None}
+        for entry in live:
+            older = model_from_status(entry)
+            runs = node_name in compatible and _can_run(by_name[node_name], older).ok
+            want[keys.revision_key(name, int(entry["revision"]))] = "true" if runs else None
+        for label in node_labels:
+            if keys.revision_of_key(label, name) is not None and label not in want:
+                want[label] = None  # a revision no running VM uses any more
+        change = {k: v for k, v in want.items() if node_labels.get(k) != v}
+        if change:
+            label_changes[node_name] = change
 
     inc_names = sorted(incompatible)
     conditions = []
@@ -287,6 +313,8 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     }
     if model is not None and old.get("model") and current is not None and model is current:
         status["model"] = old["model"]  # byte-identical: no write for a pinned model
+    if live:
+        status["liveRevisions"] = live
 
     before = {n["name"] for n in old.get("incompatibleNodes") or []}
     newly = [n for n in inc_names[:MAX_LISTED_NODES] if n not in before]
@@ -314,6 +342,10 @@ def add_restart_condition(status: dict[str, Any], old_conditions: Sequence[Mappi
 
 
 def removal(model_name: str, nodes: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str | None]]:
-    """Label changes when a CpuModel goes away: its key leaves every node."""
-    key = label_key(model_name)
-    return {n: {key: None} for n, node_labels in nodes.items() if key in node_labels}
+    """Label changes when a CpuModel goes away: its keys (current and older revisions) leave every node."""
+    out: dict[str, dict[str, str | None]] = {}
+    for node, node_labels in nodes.items():
+        mine: dict[str, str | None] = {k: None for k in node_labels if keys.owned_by_model(k, model_name)}
+        if mine:
+            out[node] = mine
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
-from armcpu_operator import plan, vms
+from armcpu_operator import vms
 
 
 @dataclass
@@ -41,7 +41,7 @@ class State:
         return [
             name for name, selector in model_selectors.items()
             if selectors.matches(selector, old) or selectors.matches(selector, new)
-            or plan.label_key(name) in old or plan.label_key(name) in new
+            or any(keys.owned_by_model(k, name) for k in (*old, *new))
         ]
 
     def node_event(self, name: str, labels: Mapping[str, str] | None, model_selectors: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -56,7 +56,7 @@ class State:
     def profile_event(self, node: str, model_selectors: Mapping[str, Mapping[str, Any]]) -> list[str]:
         labels = self.node_labels.get(node, {})
         return [name for name, selector in model_selectors.items()
-                if selectors.matches(selector, labels) or plan.label_key(name) in labels]
+                if selectors.matches(selector, labels) or any(keys.owned_by_model(k, name) for k in labels)]
 
     def model_event(self, name: str, generation: int | None, deleted: bool) -> bool:
         """True when the spec changed (a status write of our own changes no generation)."""

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from armcpu_k8s import domain_hook, selectors
@@ -64,6 +64,7 @@ class Desired:
     disable: tuple[str, ...] = ()
     qemu_cpu: str | None = None  # set: the domain hook starts QEMU with these -cpu properties
     qemu_machine: str | None = None
+    running_revision: int | None = None  # the older revision its running VMI was started with, until it restarts
 
 
 def desired_from(model: str, definition: Mapping[str, Any], enforcement: str | None) -> Desired:
@@ -132,7 +133,8 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
     model = record["cpumodel"]
     found, selector = _get(out, ("spec", "template", "spec", "nodeSelector"))
     if found and isinstance(selector, dict):
-        selector.pop(keys.MODEL_PREFIX + model, None)
+        for key in [k for k in selector if keys.owned_by_model(k, model)]:
+            del selector[key]
     found, annotations = _get(out, ("spec", "template", "metadata", "annotations"))
     if found and isinstance(annotations, dict):
         for key in (T_MODEL, T_REVISION, T_FINGERPRINT, domain_hook.CPU_ANNOTATION, domain_hook.MACHINE_ANNOTATION):
@@ -198,6 +200,9 @@ def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
     created: list[str] = []
     selector = _ensure(out, ("spec", "template", "spec", "nodeSelector"), created, "nodeSelector", {})
     selector[keys.MODEL_PREFIX + desired.model] = str(desired.revision)
+    if desired.running_revision is not None:
+        # ANDed with the current key: only nodes that can run both what runs now and what starts next
+        selector[keys.revision_key(desired.model, desired.running_revision)] = "true"
     _ensure(out, ("spec", "template", "metadata"), created, "templateMetadata", {})
     annotations = _ensure(out, ("spec", "template", "metadata", "annotations"), created, "templateAnnotations", {})
     annotations.update({T_MODEL: desired.model, T_REVISION: str(desired.revision), T_FINGERPRINT: desired.fingerprint})
@@ -273,10 +278,22 @@ class VmPlan:
     selected: set[VmKey]
 
 
+def for_running(desired: Desired, running_revision: str | None, live: Iterable[int]) -> Desired:
+    """``desired`` for a VM whose VMI was started with ``running_revision``: while that is an older live
+    revision, the VM also requires nodes labelled able to run it (its migrations stay safe)."""
+    if running_revision is None or not running_revision.isdigit() or int(running_revision) == desired.revision:
+        return desired
+    return replace(desired, running_revision=int(running_revision)) if int(running_revision) in set(live) else desired
+
+
 def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,
-                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Mapping[str, Any] | None]) -> VmPlan:
+                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Mapping[str, Any] | None],
+                   running: Mapping[VmKey, str] | None = None, live: Iterable[int] = ()) -> VmPlan:
     """Patches for every VM this model selects or once patched. A VM that another model's vmSelector
-    also matches is ambiguous and left as it is; without a computed model, selected VMs wait."""
+    also matches is ambiguous and left as it is; without a computed model, selected VMs wait.
+    ``running``: the revision each running VMI of this model was started with; ``live``: the older
+    revisions nodes are still labelled for."""
+    live = set(live)
     patches: dict[VmKey, list[dict[str, Any]]] = {}
     targets: dict[VmKey, dict[str, Any]] = {}
     ambiguous: dict[VmKey, list[str]] = {}
@@ -297,7 +314,7 @@ def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str
                 continue
             if desired is None:
                 continue
-        want = desired if mine else None
+        want = for_running(desired, (running or {}).get(key), live) if mine and desired is not None else None
         ops = patch(vm, want)
         goal = target(vm, want)
         if mine and desired is not None and current_revision(goal) == str(desired.revision):

@@ -249,3 +249,36 @@ def test_a_model_equal_to_every_node_needs_no_domain_rewrite(control_plane: Cont
     assert status["model"]["domainRewrite"] == "NotNeeded" and status["model"]["qemu"] == "host"
     assert status["vms"]["domainRewrite"] == 0
     assert "armcpu.io/qemu-cpu" not in _template(admin, "same-vm")["metadata"]["annotations"]
+
+
+def test_a_running_vm_keeps_to_nodes_that_can_run_the_revision_it_started_with(control_plane: ControlPlane, admin: Kube,
+                                                                                operator: OperatorProcess) -> None:
+    from armcpu import model as algebra
+    from armcpu.profile import from_dict
+    from armcpu_operator import plan
+
+    add_node(admin, "live-g4", {"pool": "live"}, G4_GUEST)
+    _apply_vm(control_plane, "live-vm", "live")
+    admin.create(CPUMODELS, {"apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "live"},
+                             "spec": {"nodeSelector": {"matchLabels": {"pool": "live"}}, "vmSelector": {"matchLabels": {"app": "live"}},
+                                      "updatePolicy": "Follow"}})
+    wait_for(lambda: _status(admin, "live").get("vms", {}).get("current") == 1, 30, "revision 1 on the VM")
+    control_plane.kubectl("apply", "-f", "-", input=VMI.format(name="live-vm", model="live", revision=1))
+    wait_for(lambda: _status(admin, "live").get("vms", {}).get("running") == {"1": 1}, 20, "running counted")
+    add_node(admin, "live-g3", {"pool": "live"}, G3_GUEST)  # the pool's model drops to what Graviton3 has too
+    wait_for(lambda: _status(admin, "live").get("revision") == 2 and _status(admin, "live").get("liveRevisions"), 30, "revision 2")
+    wait_for(lambda: (_template(admin, "live-vm")["spec"].get("nodeSelector") or {}).get("cpumodel.armcpu.io/live") == "2", 20, "VM moved")
+    status = _status(admin, "live")
+    selector = _template(admin, "live-vm")["spec"]["nodeSelector"]
+    assert selector == {"cpumodel.armcpu.io/live": "2", "r1.cpumodel.armcpu.io/live": "true"}
+    admitted = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]
+                if all(n["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())}
+    assert admitted == {"live-g4"}, "Graviton3 cannot run revision 1, which the guest still runs"
+    profiles = {n: from_dict({**admin.get(f"/apis/armcpu.io/v1alpha1/nodecpuprofiles/{n}")["spec"], "name": n}) for n in ("live-g4", "live-g3")}
+    revision_1 = plan.model_from_status(status["liveRevisions"][0])
+    assert algebra.can_run(profiles["live-g4"], revision_1).ok and not algebra.can_run(profiles["live-g3"], revision_1).ok
+    assert status["vms"]["restartPending"] == 1
+    admin.delete(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/live-vm")  # restarted: now on revision 2
+    wait_for(lambda: "liveRevisions" not in _status(admin, "live"), 30, "revision 1 no longer live")
+    wait_for(lambda: _template(admin, "live-vm")["spec"]["nodeSelector"] == {"cpumodel.armcpu.io/live": "2"}, 20, "requirement dropped")
+    assert "r1.cpumodel.armcpu.io/live" not in admin.get("/api/v1/nodes/live-g4")["metadata"]["labels"]

@@ -43,8 +43,9 @@ def _status(admin: Kube, name: str) -> dict[str, Any]:
 
 
 def test_api_server_and_etcd_restart_mid_reconcile() -> None:
-    """Both restarted while the operator labels nodes and patches VMs: operator and agent recover
-    without restarting, every node and VM ends right, and no VM is patched twice."""
+    """Both killed (SIGKILL: a crash, not a drain) while the operator labels nodes and patches VMs:
+    operator and agent recover without restarting, every node and VM ends right, and no VM is patched
+    twice (a write whose response was lost is retried with its `test` operations, which refuse it)."""
     pool, ns = "restart", "restart"
     with running() as plane:
         admin = Kube(load_kubeconfig(plane.kubeconfig))
@@ -68,7 +69,7 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
             with running_operator(plane, identity="restart", webhook=False) as operator:
                 admin.create(CPUMODELS, _model(pool))
                 time.sleep(0.4)  # mid-convergence
-                outage = plane.restart(kill=False, down_seconds=2.0)
+                outage = plane.restart(kill=True, down_seconds=2.0)
                 wait_for(lambda: _status(admin, pool).get("vms", {}).get("current") == len(vm_names), 90, "convergence after the restart")
                 assert operator.proc.poll() is None and agent.poll() is None, "neither restarted"
                 assert_safe_and_converged(admin, pool, nodes, vm_names, ns)
@@ -77,7 +78,8 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
                 assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
             patched = Counter(e["objectRef"]["name"] for e in plane.writes_since(0, OPERATOR_USER)
                               if e["objectRef"].get("resource") == "virtualmachines" and e["responseStatus"]["code"] < 300)
-            assert set(patched) == set(vm_names) and set(patched.values()) == {1}, f"patched more than once: {patched.most_common(3)}"
+            assert set(patched) <= set(vm_names) and set(patched.values()) <= {1}, f"patched more than once: {patched.most_common(3)}"
+            assert len(patched) >= len(vm_names) - 2, "a write is missing from the audit log only if the crash cut it off"
             print(f"API server and etcd unavailable for {outage:.1f}s")
         finally:
             agent.kill()

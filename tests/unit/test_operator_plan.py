@@ -220,3 +220,28 @@ def test_a_node_whose_ctr_differs_from_the_model_gets_a_warning() -> None:
     assert set(result.compatible) == {"dic0", "dic1"}
     assert result.status["nodeWarnings"] == [{"name": "dic1", "message": "CTR_EL0.DIC differs from the node's: every guest CTR_EL0 read "
                                                                               "traps to KVM on this node (JITs notice)"}]
+
+
+def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_restart() -> None:
+    """Revision 1 is Graviton4's own model; Graviton3 joins and revision 2 is lower. VMs started with 1
+    may only migrate to nodes that can run 1 as well: g4, not g3."""
+    s = {**SPEC, "updatePolicy": "Follow"}
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW, running={"1": 2})
+    assert "liveRevisions" not in first.status
+    more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
+    second = plan.reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER, running={"1": 2})
+    assert second.status["revision"] == 2
+    assert [e["revision"] for e in second.status["liveRevisions"]] == [1]
+    assert second.status["liveRevisions"][0]["registers"] == first.status["model"]["registers"]
+    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "r1.cpumodel.armcpu.io/m": "true"},
+                                    "g3": {"cpumodel.armcpu.io/m": "2"}}
+    steady = plan.reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
+                            running={"1": 1, "2": 1})
+    assert steady.label_changes == {} and steady.status == second.status
+    restarted = plan.reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
+                               running={"2": 2})
+    assert "liveRevisions" not in restarted.status
+    assert restarted.label_changes == {"g4": {"r1.cpumodel.armcpu.io/m": None}}
+    gone = plan.removal("m", applied(applied(more_nodes, first), second))
+    assert gone == {"g4": {"cpumodel.armcpu.io/m": None, "r1.cpumodel.armcpu.io/m": None}, "g3": {"cpumodel.armcpu.io/m": None}}

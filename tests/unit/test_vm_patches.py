@@ -50,7 +50,8 @@ def vm_bodies(draw: st.DrawFn) -> dict[str, Any]:
 desired_values = st.builds(vms.Desired, model=st.sampled_from(["pool-a", "pool-b"]), revision=st.integers(1, 5),
                            fingerprint=st.just("3565d72f6470af2f"), disable=st.sampled_from([(), ("sve",), ("sve", "pauth")]),
                            qemu_cpu=st.sampled_from([None, "host,pauth=off,SYSREG_ID_AA64ISAR0_EL1_SM3=0"]),
-                           qemu_machine=st.sampled_from([None, "impl-cpu.0.midr=0x410fd0c1,impl-cpu.0.revidr=0x0"]))
+                           qemu_machine=st.sampled_from([None, "impl-cpu.0.midr=0x410fd0c1,impl-cpu.0.revidr=0x0"]),
+                           running_revision=st.sampled_from([None, 7]))
 
 
 def apply(vm: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -169,3 +170,19 @@ def test_running_vms_started_with_another_revision_are_restart_pending() -> None
     running, pending = vms.running_revisions("m", vmis, current, vms.Desired("m", 2, "f"))
     assert running == {"2": 2, "1": 2}
     assert pending == [("a", "2"), ("a", "3")]
+
+
+def test_a_vm_still_running_an_older_revision_also_requires_nodes_that_can_run_it() -> None:
+    vm = {"metadata": {"name": "v", "namespace": "a", "labels": {"app": "x"}}, "spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}}}}}
+    desired = vms.Desired("m", 3, "f")
+    sel = {"matchLabels": {"app": "x"}}
+    planned = vms.plan_for_model("m", desired, sel, {("a", "v"): vm}, {"m": sel}, running={("a", "v"): "2"}, live=[2])
+    dressed = apply(vm, planned.patches[("a", "v")])
+    assert dressed["spec"]["template"]["spec"]["nodeSelector"] == {"disk": "ssd", "cpumodel.armcpu.io/m": "3", "r2.cpumodel.armcpu.io/m": "true"}
+    assert planned.counts["current"] == 1
+    # restarted on revision 3: the older requirement goes, the user's key stays
+    after = vms.plan_for_model("m", desired, sel, {("a", "v"): dressed}, {"m": sel}, running={("a", "v"): "3"}, live=[])
+    assert apply(dressed, after.patches[("a", "v")])["spec"]["template"]["spec"]["nodeSelector"] == {"disk": "ssd", "cpumodel.armcpu.io/m": "3"}
+    # a revision no node is labelled for any more is not required (it would strand the VM)
+    assert vms.for_running(desired, "1", live=[2]) == desired
+    assert json.dumps(apply(dressed, vms.patch(dressed, None)), sort_keys=True) == json.dumps(vm, sort_keys=True)
