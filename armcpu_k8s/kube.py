@@ -17,7 +17,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,12 +122,11 @@ class Kube:
     timeout: float = 30.0
     on_write: Callable[[str, str, int], None] | None = None
 
-    def request(self, method: str, path: str, body: object = None, content_type: str = JSON,
-                query: Mapping[str, str] | None = None) -> Any:
+    def _prepare(self, method: str, path: str, data: bytes | None, content_type: str,
+                 query: Mapping[str, str] | None) -> urllib.request.Request:
         url = self.credentials.server + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Accept", JSON)
         if data is not None:
@@ -141,6 +140,12 @@ class Kube:
                 header = "Impersonate-Extra-" + urllib.parse.quote(key.lower(), safe="")
                 for value in values:
                     req.add_header(header, value)
+        return req
+
+    def request(self, method: str, path: str, body: object = None, content_type: str = JSON,
+                query: Mapping[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = self._prepare(method, path, data, content_type, query)
         status = 0
         try:
             with urllib.request.urlopen(req, context=self.credentials.ssl_context, timeout=self.timeout) as resp:
@@ -161,6 +166,21 @@ class Kube:
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 60) -> Iterator[dict[str, Any]]:
+        """The watch events of a collection from ``resource_version`` (bookmarks included), one per
+        line, until the server ends the watch after ``timeout_seconds``. An expired version comes as
+        an ``ERROR`` event with code 410: the caller lists again."""
+        query = {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": resource_version,
+                 "timeoutSeconds": str(timeout_seconds)}
+        req = self._prepare("GET", path, None, JSON, query)
+        try:
+            with urllib.request.urlopen(req, context=self.credentials.ssl_context, timeout=timeout_seconds + 30) as resp:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, str(exc.reason), exc.read().decode(errors="replace")[:500], "WATCH", path) from None
 
     def get_or_none(self, path: str) -> Any:
         try:

@@ -8,6 +8,7 @@ Handlers translate; :mod:`armcpu_operator.plan` decides and :mod:`armcpu_operato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import logging
@@ -19,7 +20,7 @@ import kopf
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_k8s.kube import ApiError
-from armcpu_operator import act, hookmaps, metrics, plan, vms
+from armcpu_operator import act, hookmaps, metrics, plan, vms, vmwatch
 from armcpu_operator import spec as specs
 from armcpu_operator.runtime import RUNTIME
 from armcpu_operator.state import State
@@ -99,11 +100,6 @@ def model_definitions(name: str, spec: kopf.Spec, status: kopf.Status, meta: kop
                    "live": [int(e["revision"]) for e in status.get("liveRevisions") or []]}}
 
 
-@kopf.index("kubevirt.io", "v1", "virtualmachines")
-def virtual_machines(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(namespace or "", name): vms.subset(body)}
-
-
 def _vmi_definition(annotations: kopf.Annotations) -> tuple[str, str, bool]:
     """(model, revision, started with armcpu's domain hook) as the VM's template said at its start."""
     return annotations[vms.T_MODEL], annotations.get(vms.T_REVISION, ""), vms.HOOK_ANNOTATION in annotations
@@ -149,18 +145,39 @@ def profile_event(name: str, **kwargs: Any) -> None:
         STATE.trigger(model)
 
 
-@kopf.on.event("kubevirt.io", "v1", "virtualmachines")
-def vm_event(type: str, body: kopf.Body, name: str, namespace: str | None, **kwargs: Any) -> None:
-    key = (namespace or "", name)
-    vm = None if type == "DELETED" else vms.subset(body)
-    labels_before = STATE.vm_labels.get(key, ({}, None))[0]
-    woken = STATE.vm_event(key, vm, _single(kwargs["model_vm_selectors"]))
-    written = STATE.written_vms.get(key)
-    if vm is not None and written is not None and vms.roots_equal(vm, written) and (vm["metadata"].get("labels") or {}) == labels_before:
-        return  # exactly the echo of our own patch: nothing new to reconcile
-    STATE.written_vms.pop(key, None)  # the watch shows a newer state than our write (someone, or a webhook, changed it)
-    for model in woken:
-        STATE.trigger(model)
+def vm_changes(changes: list[vmwatch.Change], replace: bool) -> None:
+    """VMs from :mod:`armcpu_operator.vmwatch` (on the loop): keep the store, wake the models a change
+    can affect, and recognise the echo of our own patches."""
+    if replace:
+        listed = dict(changes)
+        changes = [*changes, *((key, None) for key in STATE.vm_store if key not in listed)]
+    for key, vm in changes:
+        if vm is None:
+            STATE.vm_store.pop(key, None)
+        else:
+            STATE.vm_store[key] = vm
+        labels_before = STATE.vm_labels.get(key, ({}, None))[0]
+        woken = STATE.vm_event(key, vm, STATE.vm_selectors)
+        written = STATE.written_vms.get(key)
+        if vm is not None and written is not None and vms.roots_equal(vm, written) and (vm["metadata"].get("labels") or {}) == labels_before:
+            continue  # exactly the echo of our own patch: nothing new to reconcile
+        STATE.written_vms.pop(key, None)  # the watch shows a newer state than our write (someone, or a webhook, changed it)
+        for model in woken:
+            STATE.trigger(model)
+    if replace:
+        STATE.vms_listed.set()
+
+
+@kopf.on.startup()
+async def start_vm_watch(**_: Any) -> None:
+    STATE.vm_watch = vmwatch.VmWatch(_kube(), asyncio.get_running_loop(), vm_changes)
+    STATE.vm_watch.start()
+
+
+@kopf.on.cleanup()
+async def stop_vm_watch(**_: Any) -> None:
+    if STATE.vm_watch is not None:
+        STATE.vm_watch.stop.set()
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
@@ -171,7 +188,8 @@ def vmi_event(type: str, name: str, namespace: str | None, annotations: kopf.Ann
 
 
 @kopf.on.event(GROUP, VERSION, "cpumodels")
-def model_event(type: str, name: str, meta: kopf.Meta, **_: Any) -> None:
+def model_event(type: str, name: str, meta: kopf.Meta, spec: kopf.Spec, **kwargs: Any) -> None:
+    STATE.vm_selectors = _single(kwargs["model_vm_selectors"])
     if STATE.model_event(name, meta.get("generation"), type == "DELETED"):
         STATE.trigger(name)
 
@@ -209,13 +227,13 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
     """Patch the VMs this model selects (or once patched); returns the VM counts, the running VMs
     waiting for a restart, and success."""
     desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
-    view = STATE.vms_view(_single(indexes["virtual_machines"]))
+    view = STATE.vms_view(STATE.vm_store)
     vmis = _single(indexes["running_vms"])
     live = [int(e["revision"]) for e in status.get("liveRevisions") or []]
     result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]),
                                 running=_running_of(name, vmis), live=live)
     ok = await send_vm_patches(name, result)
-    ok = await hookmaps.sync(_kube(), STATE, STATE.vms_view(_single(indexes["virtual_machines"])), _hooked_vmis(indexes["running_vms"])) and ok
+    ok = await hookmaps.sync(_kube(), STATE, STATE.vms_view(STATE.vm_store), _hooked_vmis(indexes["running_vms"])) and ok
     running, pending = vms.running_revisions(name, vmis, {**view, **result.targets}, desired)
     counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
     for key, models in result.ambiguous.items():
@@ -271,6 +289,9 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
     trigger.set()
     metrics.MODELS.inc()
     try:
+        while not STATE.vms_listed.is_set() and not stopped:  # as kopf does for its indexes: start from a full view
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(STATE.vms_listed.wait(), timeout=1.0)
         while not stopped:
             waited = 0.0
             while not trigger.is_set() and not stopped and waited < RUNTIME.resync_seconds:
@@ -303,7 +324,8 @@ async def cleanup(name: str, **kwargs: Any) -> None:
         raise kopf.TemporaryError(f"could not remove {plan.label_key(name)} from {', '.join(failed)}", delay=10)
     STATE.remember_labels(changes)
     # restore every VM it patched: with no vmSelector and no model, the plan takes armcpu's additions back out
-    view = STATE.vms_view(_single(kwargs["virtual_machines"]))
+    await STATE.vms_listed.wait()
+    view = STATE.vms_view(STATE.vm_store)
     restore = vms.plan_for_model(name, None, None, view, {})
     if not await send_vm_patches(name, restore):
         raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)

@@ -28,6 +28,10 @@ class State:
     written_vms: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     ambiguous_reported: set[tuple[str, str]] = field(default_factory=set)
     vmi_definitions: dict[tuple[str, str], tuple[str, str, bool]] = field(default_factory=dict)
+    vm_store: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every VM, as vms.subset
+    vms_listed: asyncio.Event = field(default_factory=asyncio.Event)
+    vm_selectors: dict[str, Any] = field(default_factory=dict)  # CpuModel -> its vmSelector (None while deleted)
+    vm_watch: Any = None
     hook_configmaps: dict[str, str] | None = None  # namespace -> script held; None: not listed yet
     hook_configmaps_listed: float = 0.0
 
