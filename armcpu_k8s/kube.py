@@ -167,7 +167,7 @@ class Kube:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 60) -> Iterator[dict[str, Any]]:
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 290) -> Iterator[dict[str, Any]]:
         """The watch events of a collection from ``resource_version`` (bookmarks included), one per
         line, until the server ends the watch after ``timeout_seconds``. An expired version comes as
         an ``ERROR`` event with code 410: the caller lists again."""

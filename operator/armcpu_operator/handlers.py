@@ -188,7 +188,7 @@ def vmi_event(type: str, name: str, namespace: str | None, annotations: kopf.Ann
 
 
 @kopf.on.event(GROUP, VERSION, "cpumodels")
-def model_event(type: str, name: str, meta: kopf.Meta, spec: kopf.Spec, **kwargs: Any) -> None:
+def model_event(type: str, name: str, meta: kopf.Meta, **kwargs: Any) -> None:
     STATE.vm_selectors = _single(kwargs["model_vm_selectors"])
     if STATE.model_event(name, meta.get("generation"), type == "DELETED"):
         STATE.trigger(name)
@@ -222,19 +222,19 @@ async def send_vm_patches(name: str, result: vms.VmPlan) -> bool:
     return all(await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items())))
 
 
-async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
-                        indexes: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
+async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any],
+                        vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
     """Patch the VMs this model selects (or once patched); returns the VM counts, the running VMs
     waiting for a restart, and success."""
     desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
     view = STATE.vms_view(STATE.vm_store)
-    vmis = _single(indexes["running_vms"])
     live = [int(e["revision"]) for e in status.get("liveRevisions") or []]
     result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]),
                                 running=_running_of(name, vmis), live=live)
     ok = await send_vm_patches(name, result)
-    ok = await hookmaps.sync(_kube(), STATE, STATE.vms_view(STATE.vm_store), _hooked_vmis(indexes["running_vms"])) and ok
-    running, pending = vms.running_revisions(name, vmis, {**view, **result.targets}, desired)
+    after = {**view, **result.targets}
+    ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(indexes["running_vms"])) and ok
+    running, pending = vms.running_revisions(name, vmis, after, desired)
     counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
     for key, models in result.ambiguous.items():
         if key not in STATE.ambiguous_reported:
@@ -254,15 +254,16 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
     obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
     nodes = STATE.labels_view(_single(indexes["node_labels"]))
+    vmis = _single(indexes["running_vms"])
     running: dict[str, int] = {}
-    for revision in _running_of(name, _single(indexes["running_vms"])).values():
+    for revision in _running_of(name, vmis).values():
         running[revision] = running.get(revision, 0) + 1
     result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now(), running=running)
     kube = _kube()
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
     STATE.forget_labels(failed)
-    vm_counts, pending, vms_ok = await reconcile_vms(name, spec, result.status, indexes)
+    vm_counts, pending, vms_ok = await reconcile_vms(name, spec, result.status, indexes, vmis)
     if result.status.get("model") is not None or (status or {}).get("vms"):
         result.status["vms"] = vm_counts
         plan.add_restart_condition(result.status, (status or {}).get("conditions") or [], pending, body.meta.get("generation"), _now())

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -278,12 +278,12 @@ class VmPlan:
     selected: set[VmKey]
 
 
-def for_running(desired: Desired, running_revision: str | None, live: Iterable[int]) -> Desired:
+def for_running(desired: Desired, running_revision: str | None, live: Collection[int]) -> Desired:
     """``desired`` for a VM whose VMI was started with ``running_revision``: while that is an older live
     revision, the VM also requires nodes labelled able to run it (its migrations stay safe)."""
     if running_revision is None or not running_revision.isdigit() or int(running_revision) == desired.revision:
         return desired
-    return replace(desired, running_revision=int(running_revision)) if int(running_revision) in set(live) else desired
+    return replace(desired, running_revision=int(running_revision)) if int(running_revision) in live else desired
 
 
 def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,

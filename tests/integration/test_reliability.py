@@ -37,6 +37,17 @@ def _model(pool: str, **spec: Any) -> dict[str, Any]:
             "spec": {"nodeSelector": {"matchLabels": {"pool": pool}}, "vmSelector": {"matchLabels": {"pool": pool}}, **spec}}
 
 
+def _pool(admin: Kube, pool: str, ns: str, prefix: str, nodes: int, vm_count: int) -> tuple[list[str], list[str]]:
+    """Nodes of alternating Graviton3/Graviton4 profiles and Halted VMs, all selected by ``pool``."""
+    node_names = [f"{prefix}-{i:02d}" for i in range(nodes)]
+    for i, name in enumerate(node_names):
+        add_node(admin, name, {"pool": pool}, CPUS[i % 2])
+    vm_names = [f"{prefix}-vm-{i:02d}" for i in range(vm_count)]
+    for name in vm_names:
+        admin.create(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines", _vm(name, pool))
+    return node_names, vm_names
+
+
 def _status(admin: Kube, name: str) -> dict[str, Any]:
     status: dict[str, Any] = admin.get(f"{CPUMODELS}/{name}").get("status") or {}
     return status
@@ -50,12 +61,7 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
     with running() as plane:
         admin = Kube(load_kubeconfig(plane.kubeconfig))
         plane.kubectl("create", "namespace", ns)
-        nodes = [f"r-{i:02d}" for i in range(8)]
-        for i, name in enumerate(nodes):
-            add_node(admin, name, {"pool": pool}, CPUS[i % 2])
-        vm_names = [f"r-vm-{i:02d}" for i in range(30)]
-        for name in vm_names:
-            admin.create(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines", _vm(name, pool))
+        nodes, vm_names = _pool(admin, pool, ns, "r", 8, 30)
         admin.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "r-agent", "labels": {"pool": pool}}})
         port = free_port()
         agent = subprocess.Popen(
@@ -99,12 +105,7 @@ def test_concurrent_writers_on_the_same_nodes_and_vms_both_keep_their_changes(co
     pool, ns = "rival", "rival"
     admin = Kube(load_kubeconfig(control_plane.kubeconfig))
     control_plane.kubectl("create", "namespace", ns, check=False)
-    nodes = [f"rv-{i}" for i in range(4)]
-    for i, name in enumerate(nodes):
-        add_node(admin, name, {"pool": pool}, CPUS[i % 2])
-    vm_names = [f"rv-vm-{i:02d}" for i in range(10)]
-    for name in vm_names:
-        admin.create(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines", _vm(name, pool))
+    nodes, vm_names = _pool(admin, pool, ns, "rv", 4, 10)
     rival = Kube(load_kubeconfig(control_plane.kubeconfig_for("rival")))
     stop = threading.Event()
     last: dict[str, int] = {}
