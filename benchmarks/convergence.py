@@ -1,15 +1,18 @@
-"""Convergence benchmark: N simulated arm64 nodes with NodeCpuProfiles, M VirtualMachines, one CpuModel.
+"""Convergence benchmark: N simulated arm64 nodes with NodeCpuProfiles, M VirtualMachines, K CpuModels.
 
 Measures, on the local control plane (real kube-apiserver + etcd):
 - armcpu: time from creating the CpuModel to every node labelled and every VM patched (the status
   says so), with the real operator process;
 - floor: the same label and VM patches sent straight to the API server by a minimal concurrent
   client (8 threads), on the same objects after armcpu restored them;
-- re-convergence after one node joins;
+- re-convergence after one node joins and after one leaves;
 - API economy: the operator's writes and reads during convergence and over a quiet period (from the
-  API server's audit log), and its RSS and CPU time.
+  API server's audit log, per user), the API server's own ``apiserver_request_total`` over the quiet
+  period (every client; only the operator talks then), and the operator's RSS and CPU time.
 
-    .venv/bin/python -m benchmarks.convergence --nodes 100 --vms 1000
+The K CpuModels split the cluster into K pools of nodes and VMs (``pool=p<i mod K>``).
+
+    .venv/bin/python -m benchmarks.convergence --nodes 100 --vms 1000 [--models 20] [--quiet 30]
 """
 
 from __future__ import annotations
@@ -43,11 +46,16 @@ def parallel(fn: Any, items: list[Any], threads: int = 8) -> None:
         list(pool.map(fn, items))
 
 
-def add_nodes(kube: Kube, names: list[str]) -> None:
+def pool_of(i: int, models: int) -> str:
+    return f"p{i % models}"
+
+
+def add_nodes(kube: Kube, names: list[str], models: int) -> None:
     profiles = [host_618_profile(c) for c in CPUS]
+    pools = {name: pool_of(i, models) for i, name in enumerate(names)}
 
     def one(name: str) -> None:
-        node = kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": "bench"}}})
+        node = kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"pool": pools[name]}}})
         prof = profiles[hash(name) % 2]
         kube.create("/apis/armcpu.io/v1alpha1/nodecpuprofiles", {
             "apiVersion": "armcpu.io/v1alpha1", "kind": "NodeCpuProfile",
@@ -57,19 +65,48 @@ def add_nodes(kube: Kube, names: list[str]) -> None:
     parallel(one, names)
 
 
-def add_vms(kube: Kube, count: int) -> None:
+def add_vms(kube: Kube, count: int, models: int) -> None:
     def one(i: int) -> None:
         kube.create(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines", {
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": f"vm-{i:05d}", "labels": {"app": "bench"}},
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": f"vm-{i:05d}", "labels": {"pool": pool_of(i, models)}},
             "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"cpu": {"model": "host-passthrough"}, "devices": {},
                                                                                "memory": {"guest": "1Gi"}}}}}})
 
     parallel(one, list(range(count)))
 
 
-def status(kube: Kube) -> dict[str, Any]:
-    found = kube.get_or_none("/apis/armcpu.io/v1alpha1/cpumodels/bench")
-    return (found or {}).get("status") or {}
+def statuses(kube: Kube) -> dict[str, dict[str, Any]]:
+    found = kube.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]
+    return {item["metadata"]["name"]: item.get("status") or {} for item in found}
+
+
+def converged(kube: Kube, nodes: int, vm_count: int) -> bool:
+    """Every node labelled compatible and every VM on its model's current revision, over all models."""
+    found = statuses(kube).values()
+    compatible = sum(int((s.get("nodes") or {}).get("compatible", 0)) for s in found)
+    current = sum(int((s.get("vms") or {}).get("current", 0)) for s in found)
+    return compatible == nodes and current == vm_count
+
+
+def apiserver_requests(kube: Kube) -> Counter[str]:
+    """``apiserver_request_total`` by verb and resource, from the API server's own /metrics."""
+    counts: Counter[str] = Counter()
+    for line in _metrics_text(kube).splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.rindex("}")].split(","))
+            key = f"{labels['verb'].strip(chr(34)).lower()} {labels.get('resource', '').strip(chr(34))}"
+            counts[key] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def _metrics_text(kube: Kube) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(kube.credentials.server + "/metrics")
+    with urllib.request.urlopen(req, context=kube.credentials.ssl_context, timeout=30) as resp:
+        body: bytes = resp.read()
+    return body.decode()
 
 
 def wait(predicate: Any, timeout: float) -> float:
@@ -98,13 +135,13 @@ def request_counts(plane: ControlPlane, mark: int) -> Counter[str]:
     return counts
 
 
-def run(nodes: int, vm_count: int) -> dict[str, Any]:
+def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0) -> dict[str, Any]:
     with running() as plane:
         admin = Kube(load_kubeconfig(plane.kubeconfig))
         plane.kubectl("create", "namespace", NS)
         t = time.monotonic()
-        add_nodes(admin, [f"n-{i:05d}" for i in range(nodes)])
-        add_vms(admin, vm_count)
+        add_nodes(admin, [f"n-{i:05d}" for i in range(nodes)], models)
+        add_vms(admin, vm_count, models)
         setup = time.monotonic() - t
 
         kubeconfig = plane.kubeconfig_for(USER)
@@ -118,7 +155,7 @@ def run(nodes: int, vm_count: int) -> dict[str, Any]:
             def ready() -> bool:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                        return resp.status == 200
+                        return bool(resp.status == 200)
                 except OSError:
                     return False
 
@@ -132,50 +169,58 @@ def run(nodes: int, vm_count: int) -> dict[str, Any]:
                 time.sleep(1.0)
             mark = plane.audit_mark()
             t = time.monotonic()
-            admin.create("/apis/armcpu.io/v1alpha1/cpumodels", {
-                "apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": "bench"},
-                "spec": {"nodeSelector": {"matchLabels": {"pool": "bench"}}, "vmSelector": {"matchLabels": {"app": "bench"}}}})
-            converge = wait(lambda: (s := status(admin)).get("nodes", {}).get("compatible") == nodes
-                            and s.get("vms", {}).get("current") == vm_count, 1800)
+            for j in range(models):
+                pool = pool_of(j, models)
+                admin.create("/apis/armcpu.io/v1alpha1/cpumodels", {
+                    "apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": f"bench-{pool}"},
+                    "spec": {"nodeSelector": {"matchLabels": {"pool": pool}}, "vmSelector": {"matchLabels": {"pool": pool}}}})
+            converge = wait(lambda: converged(admin, nodes, vm_count), 1800)
             converge_requests = request_counts(plane, mark)
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=30)
             rss_converged, cpu_converged = proc_stats(op.pid)
 
-            mark = plane.audit_mark()
-            add_nodes(admin, ["n-joiner"])
-            rejoin = wait(lambda: status(admin).get("nodes", {}).get("compatible") == nodes + 1, 600)
+            add_nodes(admin, ["n-joiner"], 1)  # pool p0
+            rejoin = wait(lambda: converged(admin, nodes + 1, vm_count), 600)
+            admin.delete("/api/v1/nodes/n-joiner")
+            leave = wait(lambda: converged(admin, nodes, vm_count), 600)
 
             time.sleep(2.0)
             mark = plane.audit_mark()
-            quiet_seconds = 30.0
+            before = apiserver_requests(admin)
             time.sleep(quiet_seconds)
+            after = apiserver_requests(admin)
             steady = request_counts(plane, mark)
-            model = status(admin)
+            all_clients = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) and not k.endswith(" leases")}
+            found = statuses(admin)
 
-            # restore every VM and label (delete the model), then the floor: the same patches, sent directly
-            admin.delete("/apis/armcpu.io/v1alpha1/cpumodels/bench")
-            wait(lambda: admin.get_or_none("/apis/armcpu.io/v1alpha1/cpumodels/bench") is None, 1800)
+            # restore every VM and label (delete the models), then the floor: the same patches, sent directly
+            for name in found:
+                admin.delete(f"/apis/armcpu.io/v1alpha1/cpumodels/{name}")
+            wait(lambda: not statuses(admin), 1800)
         finally:
             op.send_signal(signal.SIGTERM)
             op.wait(timeout=30)
 
-        desired = vms.Desired("bench", int(model["revision"]), str(model["fingerprint"]), tuple(model["model"]["libvirtDisabled"]))
+        desired = {name.removeprefix("bench-"): vms.Desired(name, int(s["revision"]), str(s["fingerprint"]),
+                                                            tuple(s["model"]["libvirtDisabled"])) for name, s in found.items()}
         floor_kube = Kube(load_kubeconfig(plane.kubeconfig))
         vm_items = admin.get(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines")["items"]
-        node_names = [n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]]
+        node_items = admin.get("/api/v1/nodes")["items"]
         t = time.monotonic()
-        parallel(lambda n: floor_kube.merge_patch(f"/api/v1/nodes/{n}", {"metadata": {"labels": {"cpumodel.armcpu.io/bench": "1"}}}),
-                 node_names)
+        parallel(lambda n: floor_kube.merge_patch(f"/api/v1/nodes/{n['metadata']['name']}", {"metadata": {"labels": {
+            f"cpumodel.armcpu.io/bench-{n['metadata']['labels']['pool']}": "1"}}}), node_items)
         parallel(lambda vm: floor_kube.json_patch(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/{vm['metadata']['name']}",
-                                                  vms.patch(vm, desired)), vm_items)
+                                                  vms.patch(vm, desired[vm["metadata"]["labels"]["pool"]])), vm_items)
         floor = time.monotonic() - t
 
     return {
-        "nodes": nodes, "vms": vm_count, "setup_s": round(setup, 1), "armcpu_converge_s": round(converge, 2), "floor_s": round(floor, 2),
-        "ratio": round(converge / floor, 2), "rejoin_s": round(rejoin, 2),
-        "operator_requests_during_convergence": dict(converge_requests), f"operator_requests_in_{int(quiet_seconds)}s_quiet": dict(steady),
+        "nodes": nodes, "vms": vm_count, "models": models, "setup_s": round(setup, 1), "armcpu_converge_s": round(converge, 2),
+        "floor_s": round(floor, 2), "ratio": round(converge / floor, 2), "node_joins_s": round(rejoin, 2), "node_leaves_s": round(leave, 2),
+        "operator_requests_during_convergence": dict(converge_requests),
+        f"operator_requests_in_{int(quiet_seconds)}s_quiet": dict(steady),
+        f"apiserver_request_total_in_{int(quiet_seconds)}s_quiet": all_clients,
         "operator_rss_mib_idle": round(rss_idle, 1), "operator_rss_mib_converged": round(rss_converged, 1),
         "operator_cpu_s_to_converge": round(cpu_converged, 1),
     }
@@ -198,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--vms", type=int, default=1000)
+    parser.add_argument("--models", type=int, default=1, help="CpuModels, each over its own pool of nodes and VMs")
+    parser.add_argument("--quiet", type=float, default=30.0, help="seconds of steady state to count requests over")
     args = parser.parse_args(argv)
     agent = agent_footprint()  # first, while this process is small: a child's max RSS counts what it inherited before exec
-    result = {**run(args.nodes, args.vms), **agent}
+    result = {**run(args.nodes, args.vms, args.models, args.quiet), **agent}
     print(json.dumps(result, indent=1))
     return 0
 

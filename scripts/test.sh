@@ -8,6 +8,6 @@ tools=$(bash scripts/setup.sh | tail -n 1)
 export "${tools?}"
 export PATH="$repo_root/.venv/bin:$PATH"
 ruff check .
-mypy armcpu armcpu_cli armcpu_testing armcpu_k8s node_agent operator/armcpu_operator
+mypy armcpu armcpu_cli armcpu_testing armcpu_k8s node_agent operator/armcpu_operator benchmarks
 lint-imports
 pytest "$@"
