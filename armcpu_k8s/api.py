@@ -250,6 +250,8 @@ class LiveRevision(_Schema):
     registers: dict[str, str] = Field(description="Its registers (hex), to tell which nodes can still run it.",
                                       json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}})
     implementations: list[Implementation] = Field(default_factory=list, description="Its members' identities.")
+    nodes: int = Field(0, description="Nodes that can run both it and the current revision (labelled r<N>.cpumodel.armcpu.io/<name>); "
+                       "0: its VMs cannot migrate until they restart (said in the RestartPending condition).")
 
 
 class CpuModelStatus(_Schema):

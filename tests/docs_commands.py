@@ -7,7 +7,9 @@ docs show. Each command's program decides who runs it:
 - OFFLINE programs (the CLI, the agent in replay mode, ``--help`` texts): tests/unit/test_docs_commands.py,
   which also compares the shown output with the real one;
 - CLUSTER programs (kubectl, helm): tests/integration/test_docs_commands.py, against the demo's cluster;
-- SCRIPTS: the README's two commands, run by tests/integration/test_demo.py and by CI itself.
+- SCRIPTS: the README's two commands, run by tests/integration/test_demo.py and by CI itself;
+- BENCHMARKS (``python -m benchmarks...``): tests/integration/test_docs_commands.py, at the documented
+  (smallest) size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-OFFLINE = {"armcpu", "armcpu-agent", "armcpu-operator", "armcpu-controlplane", "armcpu-demo", "python"}
+OFFLINE = {"armcpu", "armcpu-agent", "armcpu-operator", "armcpu-controlplane", "armcpu-demo"}
 CLUSTER = {"kubectl", "helm"}
 SCRIPTS = {"./scripts/demo.sh", "./scripts/test.sh"}
 
@@ -35,6 +37,10 @@ class Command:
     @property
     def program(self) -> str:
         return shlex.split(self.text)[0]
+
+    @property
+    def is_benchmark(self) -> bool:
+        return self.text.startswith(("python -m benchmarks.", "python -c 'from benchmarks."))
 
     @property
     def where(self) -> str:

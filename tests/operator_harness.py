@@ -19,6 +19,7 @@ from pathlib import Path
 from armcpu import kvm
 from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict
+from armcpu_k8s import labels as keys
 from armcpu_k8s.kube import ApiError, Kube
 from armcpu_operator import plan, vms
 from armcpu_testing.controlplane import ControlPlane, free_port
@@ -147,3 +148,39 @@ def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm
         admitted = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]
                     if all(n["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())}
         assert admitted and all(algebra.can_run(profiles[n], model).ok for n in admitted), f"{name} could land on a node that cannot run it"
+
+
+def unsafe_vms(admin: Kube) -> list[str]:
+    """The safety invariant over the whole cluster: for every VM armcpu patched whose model is computed,
+    every node its nodeSelector admits can run the model revision(s) the selector names (the current
+    one, and an older one a running VM still uses). Returns the violations."""
+    models = {m["metadata"]["name"]: m.get("status") or {} for m in admin.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]}
+    profiles = {}
+    for item in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]:
+        parsed = plan.parse_profile(item["metadata"]["name"], item.get("spec") or {})
+        if isinstance(parsed, Profile):
+            profiles[parsed.name] = parsed
+    nodes = admin.get("/api/v1/nodes")["items"]
+    problems = []
+    for vm in admin.get("/apis/kubevirt.io/v1/virtualmachines")["items"]:
+        name = vms.uses(vm)
+        status = models.get(name or "")
+        if name is None or not status or not status.get("model"):
+            continue  # not armcpu's, or its model is gone (restoring it is the deletion tests' business)
+        revisions = {int(status["revision"]): status["model"], **{int(e["revision"]): e for e in status.get("liveRevisions") or []}}
+        selector = ((vm.get("spec") or {}).get("template") or {}).get("spec", {}).get("nodeSelector") or {}
+        wanted = [int(v) for k, v in selector.items() if k == plan.label_key(name) and v.isdigit()]
+        wanted += [r for k in selector if (r := keys.revision_of_key(k, name)) is not None]
+        if not wanted or any(r not in revisions for r in wanted):
+            continue  # a revision the status no longer describes: nothing to check it against
+        for node in nodes:
+            node_labels = node["metadata"].get("labels") or {}
+            if not all(node_labels.get(k) == v for k, v in selector.items()):
+                continue
+            node_name = node["metadata"]["name"]
+            for revision in wanted:
+                model = plan.model_from_status(revisions[revision])
+                if node_name not in profiles or not algebra.can_run(profiles[node_name], model).ok:
+                    problems.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']} admits {node_name}, "
+                                    f"which cannot run {name} revision {revision}")
+    return problems

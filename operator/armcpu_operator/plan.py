@@ -267,11 +267,13 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     live = _live_revisions(old, revision, running or {}) if model is not None else list(old.get("liveRevisions") or [])
     by_name = {p.name: p for p in pool}
     label_changes: dict[str, dict[str, str | None]] = {}
+    both = {int(e["revision"]): 0 for e in live}  # nodes that can run the older revision and the current one
     for node_name, node_labels in nodes.items():
         want: dict[str, str | None] = {key: str(revision) if node_name in compatible else None}
         for entry in live:
             older = model_from_status(entry)
             runs = node_name in compatible and _can_run(by_name[node_name], older).ok
+            both[int(entry["revision"])] += runs
             want[keys.revision_key(name, int(entry["revision"]))] = "true" if runs else None
         for label in node_labels:
             if keys.revision_of_key(label, name) is not None and label not in want:
@@ -314,7 +316,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     if model is not None and old.get("model") and current is not None and model is current:
         status["model"] = old["model"]  # byte-identical: no write for a pinned model
     if live:
-        status["liveRevisions"] = live
+        status["liveRevisions"] = [{**e, "nodes": both.get(int(e["revision"]), e.get("nodes", 0))} for e in live]
 
     before = {n["name"] for n in old.get("incompatibleNodes") or []}
     newly = [n for n in inc_names[:MAX_LISTED_NODES] if n not in before]
@@ -332,9 +334,12 @@ def add_restart_condition(status: dict[str, Any], old_conditions: Sequence[Mappi
     conditions = [c for c in status.get("conditions") or [] if c.get("type") != "RestartPending"]
     if pending:
         shown = _names(["/".join(key) for key in pending])
+        stuck = [str(e["revision"]) for e in status.get("liveRevisions") or [] if not e.get("nodes")]
+        note = (f"; no node can run both revision {', '.join(stuck)} and revision {status.get('revision')}: "
+                "those VMs cannot migrate until they restart" if stuck else "")
         condition = _condition(old_conditions, "RestartPending", "True", "OlderDefinitionRunning",
                                f"{len(pending)} running VM(s) started with another definition than their template's; "
-                               f"it applies at their next restart: {shown}", generation, now)
+                               f"it applies at their next restart: {shown}{note}", generation, now)
     else:
         condition = _condition(old_conditions, "RestartPending", "False", "AllRunningCurrent",
                                "every running VM runs its template's definition", generation, now)

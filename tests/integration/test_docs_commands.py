@@ -3,6 +3,8 @@ what the docs show is what they print, ages aside (see tests/docs_commands.py)."
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import subprocess
 
@@ -39,3 +41,21 @@ def test_documented_cluster_commands_run_and_print_what_the_docs_show() -> None:
             if shown != actual:
                 failures.append(f"{command.where}: shows {shown}, printed {actual}")
         assert failures == []
+
+
+BENCHMARKS = [c for c in docs.commands() if c.is_benchmark]
+
+
+@pytest.mark.parametrize("command", BENCHMARKS, ids=[c.where for c in BENCHMARKS])
+def test_documented_benchmark_commands_run(command: docs.Command) -> None:
+    """The benchmark at its documented size still runs and still says what docs/benchmarks.md reports."""
+    env = {**os.environ, "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", command.text], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout) if done.stdout.lstrip().startswith("{") else ast.literal_eval(done.stdout.strip())
+    if "ratio" in result:
+        assert result["operator_requests_in_30s_quiet"].keys() <= {"watch virtualmachines", "watch virtualmachineinstances"}, \
+            "no write and no list at steady state"
+        assert result["operator_requests_during_convergence"]["patch virtualmachines"] == result["vms"]
+    else:
+        assert result["agent_once_wall_s"] > 0 and result["agent_once_max_rss_mib"] > 0

@@ -1,9 +1,11 @@
 """The KubeVirt onDefineDomain hook (armcpu_k8s/domain_hook.py) on libvirt domain XML samples.
 
-The samples in tests/fixtures/domains are aarch64 domains in the two shapes the hook meets: KubeVirt's
-converter output (double quotes, explicit end tags, the qemu namespace declared on the root, an
-existing ``<qemu:commandline>``) and libvirt's own ``dumpxml`` style. Before and after, each is checked
-against libvirt's RELAX NG schema with libvirt's ``virt-xml-validate``.
+The samples in tests/fixtures/domains are aarch64 domains in the shapes the hook meets: written in
+KubeVirt's converter style (double quotes, explicit end tags, the qemu namespace declared on the root,
+an existing ``<qemu:commandline>``), and what a real libvirt 9.0 made of each (``libvirt-9.0.0-*``,
+recorded with ``python -m armcpu_testing.libvirt``: define, then ``dumpxml``). Before and after, each
+is checked against libvirt's RELAX NG schema with libvirt's ``virt-xml-validate``; tests/libvirt runs
+the rewritten domains through the live daemon.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def test_malformed_annotations_are_refused_with_the_value_named(cpu: object, mac
 
 
 def test_a_domain_that_is_not_host_passthrough_is_refused() -> None:
-    before = SAMPLES[0].read_text().replace('mode="host-passthrough"', 'mode="custom"')
+    before = (SAMPLES[0].parent / "kubevirt-arm64.xml").read_text().replace('mode="host-passthrough"', 'mode="custom"')
     with pytest.raises(domain_hook.HookError, match="'custom'"):
         domain_hook.rewrite(before, vmi())
 

@@ -232,7 +232,7 @@ def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_r
     more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
     second = plan.reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER, running={"1": 2})
     assert second.status["revision"] == 2
-    assert [e["revision"] for e in second.status["liveRevisions"]] == [1]
+    assert [(e["revision"], e["nodes"]) for e in second.status["liveRevisions"]] == [(1, 1)]
     assert second.status["liveRevisions"][0]["registers"] == first.status["model"]["registers"]
     assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "r1.cpumodel.armcpu.io/m": "true"},
                                     "g3": {"cpumodel.armcpu.io/m": "2"}}
@@ -245,3 +245,14 @@ def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_r
     assert restarted.label_changes == {"g4": {"r1.cpumodel.armcpu.io/m": None}}
     gone = plan.removal("m", applied(applied(more_nodes, first), second))
     assert gone == {"g4": {"cpumodel.armcpu.io/m": None, "r1.cpumodel.armcpu.io/m": None}, "g3": {"cpumodel.armcpu.io/m": None}}
+
+
+def test_restart_pending_says_when_an_older_revision_has_nowhere_to_migrate() -> None:
+    status = {"revision": 3, "liveRevisions": [{"revision": 2, "nodes": 0}, {"revision": 1, "nodes": 4}], "conditions": []}
+    plan.add_restart_condition(status, [], [("a", "v1"), ("a", "v2")], 5, NOW)
+    condition = status["conditions"][-1]
+    assert condition["type"] == "RestartPending" and condition["status"] == "True"
+    assert "2 running VM(s)" in condition["message"] and "a/v1, a/v2" in condition["message"]
+    assert "no node can run both revision 2 and revision 3" in condition["message"]
+    plan.add_restart_condition(status, status["conditions"], [], 5, LATER)
+    assert [c["status"] for c in status["conditions"] if c["type"] == "RestartPending"] == ["False"]
