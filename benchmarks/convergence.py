@@ -227,16 +227,18 @@ def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0)
 
 
 def agent_footprint() -> dict[str, Any]:
-    """One `armcpu-agent --once` on the recorded Graviton4 host: wall time and the process's own max RSS."""
+    """One `armcpu-agent --once` on the recorded Graviton4 host: wall time, CPU time and the process's own max RSS."""
     wrapper = ("import resource, sys\nfrom node_agent.main import main\nrc = main(sys.argv[1:])\n"
-               "sys.stderr.write(f'maxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\nsys.exit(rc)")
+               "use = resource.getrusage(resource.RUSAGE_SELF)\n"
+               "sys.stderr.write(f'maxrss_kib={use.ru_maxrss} cpu_s={use.ru_utime + use.ru_stime}\\n')\nsys.exit(rc)")
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-c", wrapper, "--once", "--node-name", "g4", "--machine", "aarch64",
                           "--host-root", "tests/fixtures/hosts/graviton4", "--kvm-replay", "tests/fixtures/kvm/graviton4-host6.18.json"],
                          cwd=REPO, check=True, capture_output=True, text=True)
     wall = time.monotonic() - start
     rss_kib = int(run.stderr.rsplit("maxrss_kib=", 1)[1].split()[0])
-    return {"agent_once_wall_s": round(wall, 2), "agent_once_max_rss_mib": round(rss_kib / 1024, 1)}
+    cpu = float(run.stderr.rsplit("cpu_s=", 1)[1].split()[0])
+    return {"agent_once_wall_s": round(wall, 2), "agent_once_cpu_s": round(cpu, 2), "agent_once_max_rss_mib": round(rss_kib / 1024, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
