@@ -201,8 +201,8 @@ class ControlPlane:
         on the same ports, data and certificates, and wait until the API server is ready; returns the
         seconds the API was unavailable."""
         start = time.monotonic()
-        for name in ("kube-apiserver", "etcd"):  # the API server first: it drains against a live etcd
-            for proc in [p for p in self.processes if name in names and p.args == self.commands[name]]:
+        for name in [n for n in ("kube-apiserver", "etcd") if n in names]:  # the API server first: it drains against a live etcd
+            for proc in [p for p in self.processes if p.args == self.commands[name]]:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
                 proc.wait(timeout=120)

@@ -75,10 +75,11 @@ class Guest:
     @property
     def kernels(self) -> list[str]:
         """Kernel releases the image boots, oldest first."""
-        return sorted(self.info["kernels"], key=_release_key)
+        return sorted(self.info["kernels"], key=release_key)
 
 
-def _release_key(release: str) -> tuple[int, ...]:
+def release_key(release: str) -> tuple[int, ...]:
+    """A kernel release for sorting: ``7.3.4+deb13-arm64`` -> (7, 3, 4)."""
     return tuple(int(part) for part in release.split("+")[0].split("-")[0].split("."))
 
 

@@ -48,19 +48,14 @@ def _pages(kube: Kube, path: str) -> Iterator[list[dict[str, Any]]]:
 def _remove_hook_configmaps(kube: Kube) -> int:
     in_use = {vmi["metadata"]["namespace"] for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachineinstances")
               for vmi in items if vms.HOOK_ANNOTATION in (vmi["metadata"].get("annotations") or {})}
-    failed = 0
-    for namespace in sorted(hookmaps.held_namespaces(kube)):
-        if namespace in in_use:
-            log.warning("domain hook ConfigMap kept: running VMs were started with it", extra={"namespace": namespace})
-            continue
-        try:
-            kube.delete(hookmaps.path(namespace))
-            log.info("domain hook ConfigMap removed", extra={"namespace": namespace})
-        except ApiError as exc:
-            if exc.status != 404:
-                failed += 1
-                log.error("cannot remove the domain hook ConfigMap", extra={"namespace": namespace, "error": str(exc)})
-    return failed
+    held = hookmaps.held_namespaces(kube)
+    for namespace in sorted(in_use & set(held)):
+        log.warning("domain hook ConfigMap kept: running VMs were started with it", extra={"namespace": namespace})
+    unused = tuple(sorted(set(held) - in_use))
+    ok = hookmaps.apply(kube, hookmaps.Changes(delete=unused), held)
+    if unused:
+        log.info("domain hook ConfigMaps removed", extra={"namespaces": [ns for ns in unused if ns not in held]})
+    return 0 if ok else 1
 
 
 def run(kube: Kube) -> int:

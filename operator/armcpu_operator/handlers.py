@@ -120,9 +120,9 @@ def _running_of(model: str, vmis: dict[tuple[str, str], tuple[str, str, bool]]) 
     return {key: revision for key, (vmi_model, revision, _) in vmis.items() if vmi_model == model}
 
 
-def _hooked_vmis(running: Any) -> list[tuple[str, str]]:
+def _hooked_vmis(vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> list[tuple[str, str]]:
     """Running VMs started with armcpu's domain hook: their namespaces keep the hook ConfigMap."""
-    return [key for key, (_, _, with_hook) in _single(running).items() if with_hook]
+    return [key for key, (_, _, with_hook) in vmis.items() if with_hook]
 
 
 # ------------------------------------------------------------------ who needs a reconcile
@@ -233,7 +233,7 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
                                 running=_running_of(name, vmis), live=live)
     ok = await send_vm_patches(name, result)
     after = {**view, **result.targets}
-    ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(indexes["running_vms"])) and ok
+    ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(vmis)) and ok
     running, pending = vms.running_revisions(name, vmis, after, desired)
     counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
     for key, models in result.ambiguous.items():
@@ -330,7 +330,7 @@ async def cleanup(name: str, **kwargs: Any) -> None:
     restore = vms.plan_for_model(name, None, None, view, {})
     if not await send_vm_patches(name, restore):
         raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)
-    if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(kwargs["running_vms"])):
+    if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(_single(kwargs["running_vms"]))):
         raise kopf.TemporaryError("could not remove the domain hook ConfigMaps no VM needs any more; retrying", delay=5)
     STATE.triggers.pop(name, None)
     metrics.forget(name)

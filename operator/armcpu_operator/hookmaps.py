@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +61,13 @@ def path(namespace: str) -> str:
 
 def held_namespaces(kube: Kube) -> dict[str, str]:
     """Namespace -> script of every domain hook ConfigMap armcpu holds (by its labels)."""
-    found = kube.get("/api/v1/configmaps?" + urllib.parse.urlencode({"labelSelector": SELECTOR}))
+    found = kube.request("GET", "/api/v1/configmaps", query={"labelSelector": SELECTOR})
     return {item["metadata"]["namespace"]: (item.get("data") or {}).get(vms.HOOK_KEY, "")
             for item in found.get("items") or [] if item["metadata"]["name"] == vms.HOOK_CONFIGMAP}
 
 
-def _apply(kube: Kube, changes: Changes, held: dict[str, str]) -> bool:
+def apply(kube: Kube, changes: Changes, held: dict[str, str]) -> bool:
+    """Send ``changes``; ``held`` follows what now exists. False when something must be retried."""
     ok = True
     for ns in changes.create:
         try:
@@ -115,7 +115,7 @@ async def sync(kube: Kube, state: State, vms_now: Mapping[tuple[str, str], Mappi
     changes = plan(needed, state.hook_configmaps, SCRIPT)
     if changes == Changes():
         return True
-    ok = await asyncio.to_thread(_apply, kube, changes, state.hook_configmaps)
+    ok = await asyncio.to_thread(apply, kube, changes, state.hook_configmaps)
     if not ok:
         state.hook_configmaps = None  # list again on the retry
     log.info("domain hook ConfigMaps", extra={"namespaces_created": changes.create, "namespaces_updated": changes.update,

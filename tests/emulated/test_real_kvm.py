@@ -60,7 +60,7 @@ def test_live_answers_equal_the_recordings_for_the_same_kernel(hosts: list[check
 
 
 def test_a_common_model_of_cortex_a76_and_neoverse_n1_runs_on_both_under_the_newest_kernel(hosts: list[checks.Host]) -> None:
-    newest = max({h.kernel for h in hosts}, key=lambda k: tuple(int(x) for x in k.split("+")[0].split("-")[0].split(".")))
+    newest = max({h.kernel for h in hosts}, key=emulated.release_key)
     pair = [h.kvm for h in hosts if h.kernel == newest and h.cpu in ("cortex-a76", "neoverse-n1")]
     result = combine(pair)
     assert result.feasible, [b.message() for b in result.blockers]
