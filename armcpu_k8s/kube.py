@@ -10,6 +10,7 @@ can impersonate a user with extras, which is how tests act as the agent's servic
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -32,7 +33,10 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ApiError(Exception):
-    """The API server refused a request; ``status`` is the HTTP code, ``message`` its Status message."""
+    """The API server refused a request; ``status`` is the HTTP code, ``message`` its Status message.
+
+    A request that got no complete answer (refused, reset, timed out, cut off) raises ``OSError``
+    instead: such a write may or may not have landed, and callers must not assume either."""
 
     def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
@@ -159,6 +163,8 @@ class Kube:
             except ValueError:
                 payload = {"reason": exc.reason, "message": raw.decode(errors="replace")}
             raise ApiError(exc.code, str(payload.get("reason", exc.reason)), str(payload.get("message", "")), method, path) from None
+        except http.client.HTTPException as exc:  # a response cut off mid-way: a transport failure like a reset
+            raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         finally:
             if method in WRITE_METHODS and self.on_write is not None:
                 self.on_write(method, path, status)
@@ -181,6 +187,8 @@ class Kube:
                         yield json.loads(line)
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, str(exc.reason), exc.read().decode(errors="replace")[:500], "WATCH", path) from None
+        except http.client.HTTPException as exc:
+            raise ConnectionError(f"WATCH {path}: {type(exc).__name__}: {exc}") from exc
 
     def get_or_none(self, path: str) -> Any:
         try:

@@ -140,7 +140,8 @@ def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm
     profiles = {p["metadata"]["name"]: from_dict({**p["spec"], "name": p["metadata"]["name"]})
                 for p in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]}
     labelled = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"] if n["metadata"].get("labels", {}).get(key) == revision}
-    assert labelled == {n for n in nodes if algebra.can_run(profiles[n], model).ok}, "exactly the nodes that can run the model"
+    able = {n for n in nodes if algebra.can_run(profiles[n], model).ok}
+    assert labelled == able, f"not exactly the nodes that can run the model: {sorted(able - labelled)} unlabelled, {sorted(labelled - able)} wrongly"
     for name in vm_names:
         vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}")
         assert vms.patch(vm, vms.Desired(model_name, int(revision), status["fingerprint"], tuple(status["model"]["libvirtDisabled"]))) == []
@@ -148,6 +149,15 @@ def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm
         admitted = {n["metadata"]["name"] for n in admin.get("/api/v1/nodes")["items"]
                     if all(n["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())}
         assert admitted and all(algebra.can_run(profiles[n], model).ok for n in admitted), f"{name} could land on a node that cannot run it"
+
+
+def converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str], namespace: str) -> bool:
+    """For ``wait_for``: :func:`assert_safe_and_converged` holds now."""
+    try:
+        assert_safe_and_converged(admin, model_name, nodes, vm_names, namespace)
+    except AssertionError:
+        return False
+    return True
 
 
 def unsafe_vms(admin: Kube) -> list[str]:

@@ -22,13 +22,17 @@ WRITE_CONCURRENCY = 8  # parallel write requests per reconcile: each waits on a 
 
 
 def label_node(kube: Kube, node: str, patch: Mapping[str, str | None]) -> bool:
-    """One node's label patch; a node deleted meanwhile counts as done."""
+    """One node's label patch; a node deleted meanwhile counts as done. A request that got no answer
+    (the API server unreachable or restarting) counts as failed: it may not have landed."""
     try:
         kube.merge_patch(f"/api/v1/nodes/{node}", {"metadata": {"labels": dict(patch)}})
     except ApiError as exc:
         if exc.status != 404:
             log.error("labelling a node failed", extra={"node": node, "error": str(exc)})
             return False
+    except OSError as exc:
+        log.error("labelling a node failed", extra={"node": node, "error": str(exc)})
+        return False
     return True
 
 

@@ -200,8 +200,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def send_vm_patches(name: str, result: vms.VmPlan) -> bool:
-    """Send a plan's VM patches, WRITE_CONCURRENCY at a time; False when any must be retried."""
+async def send_vm_patches(name: str, result: vms.VmPlan) -> set[tuple[str, str]]:
+    """Send a plan's VM patches, WRITE_CONCURRENCY at a time; returns the VMs whose patch must be retried."""
     limit = asyncio.Semaphore(act.WRITE_CONCURRENCY)
 
     async def patch_one(key: tuple[str, str], ops: list[dict[str, Any]]) -> bool:
@@ -217,25 +217,36 @@ async def send_vm_patches(name: str, result: vms.VmPlan) -> bool:
                 if exc.status not in (409, 422):  # 409/422: changed since we read it; the next attempt starts from the new state
                     log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
                 return False
+            except OSError as exc:  # no answer: the patch may or may not have landed, so the view falls back to the watch
+                STATE.written_vms.pop(key, None)
+                log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
+                return False
             return True
 
-    return all(await asyncio.gather(*(patch_one(key, ops) for key, ops in result.patches.items())))
+    keys = list(result.patches)
+    landed = await asyncio.gather(*(patch_one(key, result.patches[key]) for key in keys))
+    return {key for key, ok in zip(keys, landed, strict=True) if not ok}
 
 
 async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any],
                         vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
     """Patch the VMs this model selects (or once patched); returns the VM counts, the running VMs
-    waiting for a restart, and success."""
+    waiting for a restart, and success. The counts describe what landed: a VM whose patch failed is
+    counted as it still is."""
     desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
     view = STATE.vms_view(STATE.vm_store)
     live = [int(e["revision"]) for e in status.get("liveRevisions") or []]
-    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, _single(indexes["model_vm_selectors"]),
-                                running=_running_of(name, vmis), live=live)
-    ok = await send_vm_patches(name, result)
-    after = {**view, **result.targets}
-    ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(vmis)) and ok
+    other_selectors = _single(indexes["model_vm_selectors"])
+    running_of = _running_of(name, vmis)
+    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, other_selectors, running=running_of, live=live)
+    failed = await send_vm_patches(name, result)
+    after = {**view, **{key: vm for key, vm in result.targets.items() if key not in failed}}
+    vm_counts = result.counts
+    if failed:  # rare (faults only): count again over what is really there
+        vm_counts = vms.plan_for_model(name, desired, spec.get("vmSelector"), after, other_selectors, running=running_of, live=live).counts
+    ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(vmis)) and not failed
     running, pending = vms.running_revisions(name, vmis, after, desired)
-    counts: dict[str, Any] = {**result.counts, "running": running, "restartPending": len(pending)}
+    counts: dict[str, Any] = {**vm_counts, "running": running, "restartPending": len(pending)}
     for key, models in result.ambiguous.items():
         if key not in STATE.ambiguous_reported:
             STATE.ambiguous_reported.add(key)
@@ -243,7 +254,7 @@ async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any],
                        message=f"selected by CpuModels {', '.join(models)}: armcpu leaves this VM unchanged until one selector drops it")
     STATE.ambiguous_reported -= result.selected - set(result.ambiguous)
     if result.patches:
-        log.info("patched VMs", extra={"cpumodel": name, "vms": ["/".join(k) for k in result.patches]})
+        log.info("patched VMs", extra={"cpumodel": name, "vms": ["/".join(k) for k in result.patches if k not in failed]})
     return counts, pending, ok
 
 
@@ -261,7 +272,11 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now(), running=running)
     kube = _kube()
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
-    failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
+    try:
+        failed = await asyncio.to_thread(act.apply_labels, kube, result.label_changes)
+    except BaseException:  # a remembered write that was never made would hide the label from every later plan
+        STATE.forget_labels(result.label_changes)
+        raise
     STATE.forget_labels(failed)
     vm_counts, pending, vms_ok = await reconcile_vms(name, spec, result.status, indexes, vmis)
     if result.status.get("model") is not None or (status or {}).get("vms"):
@@ -328,7 +343,7 @@ async def cleanup(name: str, **kwargs: Any) -> None:
     await STATE.vms_listed.wait()
     view = STATE.vms_view(STATE.vm_store)
     restore = vms.plan_for_model(name, None, None, view, {})
-    if not await send_vm_patches(name, restore):
+    if await send_vm_patches(name, restore):
         raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)
     if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(_single(kwargs["running_vms"]))):
         raise kopf.TemporaryError("could not remove the domain hook ConfigMaps no VM needs any more; retrying", delay=5)

@@ -108,14 +108,18 @@ async def sync(kube: Kube, state: State, vms_now: Mapping[tuple[str, str], Mappi
     if state.hook_configmaps is None or stale:
         try:
             state.hook_configmaps = await asyncio.to_thread(held_namespaces, kube)
-        except ApiError as exc:
+        except (ApiError, OSError) as exc:
             log.error("listing the domain hook ConfigMaps failed", extra={"error": str(exc)})
             return False
         state.hook_configmaps_listed = time.monotonic()
     changes = plan(needed, state.hook_configmaps, SCRIPT)
     if changes == Changes():
         return True
-    ok = await asyncio.to_thread(apply, kube, changes, state.hook_configmaps)
+    try:
+        ok = await asyncio.to_thread(apply, kube, changes, state.hook_configmaps)
+    except OSError as exc:  # no answer: what exists is unknown until listed again
+        log.error("the domain hook ConfigMaps could not be brought in line", extra={"error": str(exc)})
+        ok = False
     if not ok:
         state.hook_configmaps = None  # list again on the retry
     log.info("domain hook ConfigMaps", extra={"namespaces_created": changes.create, "namespaces_updated": changes.update,

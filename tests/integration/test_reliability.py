@@ -17,7 +17,7 @@ from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
 from armcpu_operator import vms
 from armcpu_testing.controlplane import ControlPlane, free_port, running
 from tests.helpers import REPO
-from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, http_get, running_operator, wait_for
+from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, converged, http_get, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
@@ -77,6 +77,8 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
                 time.sleep(0.4)  # mid-convergence
                 outage = plane.restart(kill=True, down_seconds=2.0)
                 wait_for(lambda: _status(admin, pool).get("vms", {}).get("current") == len(vm_names), 90, "convergence after the restart")
+                # a write cut off by the crash is retried a few seconds later: labels and VMs must get there
+                wait_for(lambda: converged(admin, pool, nodes, vm_names, ns), 30, "every label and VM patch after the restart")
                 assert operator.proc.poll() is None and agent.poll() is None, "neither restarted"
                 assert_safe_and_converged(admin, pool, nodes, vm_names, ns)
                 probes_before = _agent_probes(port)

@@ -1,0 +1,89 @@
+"""A request that gets no complete answer is an OSError, and the operator's writers count it as a
+failed write (it may or may not have landed) instead of crashing or assuming it landed.
+
+The servers here are real sockets on localhost that misbehave the way a crashing API server does:
+they read the request and hang up, or send half a response.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from armcpu_k8s.kube import Credentials, Kube
+from armcpu_operator import act
+
+Behaviour = Callable[[socket.socket], None]
+
+
+def hang_up(conn: socket.socket) -> None:
+    conn.recv(65536)  # the whole request arrives: the write may well have landed
+
+
+def half_a_response(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":")
+
+
+def refuse(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b'HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}')
+
+
+@contextmanager
+def misbehaving_server(behaviour: Behaviour) -> Iterator[tuple[Kube, list[int]]]:
+    """A Kube pointed at a server that treats every connection with ``behaviour``; yields it and the
+    number of connections served."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    served: list[int] = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                served[0] += 1
+                behaviour(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    kube = Kube(Credentials(server=f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context()), timeout=5.0)
+    try:
+        yield kube, served
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize("behaviour", [hang_up, half_a_response], ids=["hang-up", "half-a-response"])
+def test_a_request_without_a_complete_answer_raises_oserror(behaviour: Behaviour) -> None:
+    with misbehaving_server(behaviour) as (kube, served), pytest.raises(OSError):
+        kube.merge_patch("/api/v1/nodes/n1", {"metadata": {"labels": {"a": "b"}}})
+    assert served[0] == 1
+
+
+def test_a_refused_connection_raises_oserror() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    kube = Kube(Credentials(server=f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context()), timeout=5.0)
+    with pytest.raises(OSError):
+        kube.get("/api/v1/nodes")
+
+
+@pytest.mark.parametrize("behaviour", [hang_up, half_a_response, refuse], ids=["hang-up", "half-a-response", "500"])
+def test_a_label_write_without_an_answer_is_reported_failed_for_a_retry(behaviour: Behaviour) -> None:
+    with misbehaving_server(behaviour) as (kube, served):
+        failed = act.apply_labels(kube, {"n1": {"armcpu.io/x": "1"}, "n2": {"armcpu.io/x": None}})
+    assert failed == ["n1", "n2"]
+    assert served[0] == 2
