@@ -127,12 +127,12 @@ class Kube:
     on_write: Callable[[str, str, int], None] | None = None
 
     def _prepare(self, method: str, path: str, data: bytes | None, content_type: str,
-                 query: Mapping[str, str] | None) -> urllib.request.Request:
+                 query: Mapping[str, str] | None, accept: str | None = None) -> urllib.request.Request:
         url = self.credentials.server + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Accept", JSON)
+        req.add_header("Accept", accept or JSON)
         if data is not None:
             req.add_header("Content-Type", content_type)
         token = self.credentials.bearer()
@@ -147,9 +147,10 @@ class Kube:
         return req
 
     def request(self, method: str, path: str, body: object = None, content_type: str = JSON,
-                query: Mapping[str, str] | None = None) -> Any:
+                query: Mapping[str, str] | None = None, accept: str | None = None) -> Any:
+        """One request; ``accept`` overrides the Accept header (e.g. to ask for metadata only)."""
         data = None if body is None else json.dumps(body).encode()
-        req = self._prepare(method, path, data, content_type, query)
+        req = self._prepare(method, path, data, content_type, query, accept)
         status = 0
         try:
             with urllib.request.urlopen(req, context=self.credentials.ssl_context, timeout=self.timeout) as resp:
@@ -173,13 +174,13 @@ class Kube:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 290) -> Iterator[dict[str, Any]]:
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 290, accept: str | None = None) -> Iterator[dict[str, Any]]:
         """The watch events of a collection from ``resource_version`` (bookmarks included), one per
         line, until the server ends the watch after ``timeout_seconds``. An expired version comes as
         an ``ERROR`` event with code 410: the caller lists again."""
         query = {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": resource_version,
                  "timeoutSeconds": str(timeout_seconds)}
-        req = self._prepare("GET", path, None, JSON, query)
+        req = self._prepare("GET", path, None, JSON, query, accept)
         try:
             with urllib.request.urlopen(req, context=self.credentials.ssl_context, timeout=timeout_seconds + 30) as resp:
                 for line in resp:

@@ -1,6 +1,9 @@
-"""kopf registration: indexes and event handlers on Nodes and NodeCpuProfiles (never stateful
-handlers there, so kopf writes no annotations or finalizers on Nodes), and on armcpu's own
-CpuModels a reconcile loop (daemon), a deletion handler and the validating webhook.
+"""kopf registration, and the direct watches kopf does not do.
+
+Nodes, NodeCpuProfiles and VirtualMachines are listed and watched by :mod:`armcpu_operator.listwatch`
+(kopf's per-event cost is too high for collections that size, and kopf then writes nothing on
+them); kopf handles armcpu's own CpuModels (indexes, a reconcile loop as a daemon, a deletion
+handler, the webhooks) and indexes running VMIs.
 
 Handlers translate; :mod:`armcpu_operator.plan` decides and :mod:`armcpu_operator.act` writes.
 """
@@ -8,7 +11,6 @@ Handlers translate; :mod:`armcpu_operator.plan` decides and :mod:`armcpu_operato
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime
 import logging
@@ -20,7 +22,7 @@ import kopf
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_k8s.kube import ApiError
-from armcpu_operator import act, hookmaps, metrics, plan, vms, vmwatch
+from armcpu_operator import act, hookmaps, listwatch, metrics, plan, vms
 from armcpu_operator import spec as specs
 from armcpu_operator.runtime import RUNTIME
 from armcpu_operator.state import State
@@ -63,17 +65,6 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 # ------------------------------------------------------------------ indexes (memory, no LIST per event)
-
-@kopf.index("nodes")
-def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    return {name: dict(labels)}
-
-
-@kopf.index(GROUP, VERSION, "nodecpuprofiles")
-def node_profiles(name: str, spec: kopf.Spec, **_: Any) -> dict[str, plan.ParsedProfile]:
-    """Parsed once per change of the NodeCpuProfile, not once per reconcile."""
-    return {name: plan.parse_profile(name, copy.deepcopy(dict(spec)))}
-
 
 @kopf.index(GROUP, VERSION, "cpumodels")
 def model_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
@@ -127,30 +118,53 @@ def _hooked_vmis(vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> list[tup
 
 # ------------------------------------------------------------------ who needs a reconcile
 
-@kopf.on.event("nodes")
-def node_event(type: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    before = dict(STATE.node_labels.get(name, {}))
-    woken = STATE.node_event(name, None if type == "DELETED" else labels, _single(kwargs["model_selectors"]))
-    written = STATE.written_labels.get(name)
-    if type != "DELETED" and written is not None:
-        if dict(labels) == keys.patched(before, written):
-            return  # exactly the echo of our own label patch (nobody else changed anything): nothing to reconcile
-    for model in woken:
-        STATE.trigger(model)
+def _replacing(store: dict[Any, Any], changes: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """A full list replaces the store: what it no longer has was deleted while we were not watching."""
+    listed = dict(changes)
+    return [*changes, *((key, None) for key in store if key not in listed)]
 
 
-@kopf.on.event(GROUP, VERSION, "nodecpuprofiles")
-def profile_event(name: str, **kwargs: Any) -> None:
-    for model in STATE.profile_event(name, _single(kwargs["model_selectors"])):
-        STATE.trigger(model)
-
-
-def vm_changes(changes: list[vmwatch.Change], replace: bool) -> None:
-    """VMs from :mod:`armcpu_operator.vmwatch` (on the loop): keep the store, wake the models a change
-    can affect, and recognise the echo of our own patches."""
+def node_changes(changes: list[tuple[listwatch.Key, dict[str, str] | None]], replace: bool) -> None:
+    """Nodes' labels (on the loop): keep them, and wake the models a change can affect, except for
+    the exact echo of our own label patch."""
     if replace:
-        listed = dict(changes)
-        changes = [*changes, *((key, None) for key in STATE.vm_store if key not in listed)]
+        changes = _replacing({("", n): None for n in STATE.node_labels}, changes)
+    for (_, name), labels in changes:
+        before = STATE.node_labels.get(name)
+        if labels is not None and before == labels:
+            continue  # relisted unchanged, or only fields armcpu does not read changed
+        woken = STATE.node_event(name, labels, STATE.model_selectors)
+        written = STATE.written_labels.get(name)
+        if labels is not None and written is not None and labels == keys.patched(before or {}, written):
+            continue  # exactly the echo of our own label patch (nobody else changed anything): nothing to reconcile
+        for model in woken:
+            STATE.trigger(model)
+    if replace:
+        STATE.nodes_listed.set()
+
+
+def profile_changes(changes: list[tuple[listwatch.Key, plan.ParsedProfile | None]], replace: bool) -> None:
+    """NodeCpuProfiles, parsed once per change (in the watch thread): keep them, wake the models of their node."""
+    if replace:
+        changes = _replacing({("", n): None for n in STATE.node_profiles}, changes)
+    for (_, name), parsed in changes:
+        if parsed == STATE.node_profiles.get(name):
+            continue
+        if parsed is None:
+            STATE.node_profiles.pop(name, None)
+        else:
+            STATE.node_profiles[name] = parsed
+        for model in STATE.profile_event(name, STATE.model_selectors):
+            STATE.trigger(model)
+    if replace:
+        STATE.profiles_listed.set()
+
+
+def vm_changes(changes: list[tuple[listwatch.Key, dict[str, Any] | None]], replace: bool) -> None:
+    """VMs (on the loop): keep the store, wake the models a change can affect, and recognise the echo
+    of our own patches."""
+    if replace:
+        changes = _replacing(STATE.vm_store, changes)
     for key, vm in changes:
         if vm is None:
             STATE.vm_store.pop(key, None)
@@ -168,16 +182,30 @@ def vm_changes(changes: list[vmwatch.Change], replace: bool) -> None:
         STATE.vms_listed.set()
 
 
+def _labels_of(node: dict[str, Any]) -> dict[str, str]:
+    return dict((node.get("metadata") or {}).get("labels") or {})
+
+
+def _profile_of(item: dict[str, Any]) -> plan.ParsedProfile:
+    return plan.parse_profile((item.get("metadata") or {}).get("name") or "", item.get("spec") or {})
+
+
 @kopf.on.startup()
-async def start_vm_watch(**_: Any) -> None:
-    STATE.vm_watch = vmwatch.VmWatch(_kube(), asyncio.get_running_loop(), vm_changes)
-    STATE.vm_watch.start()
+async def start_watches(**_: Any) -> None:
+    loop = asyncio.get_running_loop()
+    STATE.watches = [
+        listwatch.ListWatch(_kube(), loop, "/api/v1/nodes", _labels_of, node_changes, what="nodes", metadata_only=True),
+        listwatch.ListWatch(_kube(), loop, f"/apis/{GROUP}/{VERSION}/nodecpuprofiles", _profile_of, profile_changes, what="nodecpuprofiles"),
+        listwatch.ListWatch(_kube(), loop, "/apis/kubevirt.io/v1/virtualmachines", vms.subset, vm_changes, what="virtualmachines"),
+    ]
+    for watch in STATE.watches:
+        watch.start()
 
 
 @kopf.on.cleanup()
-async def stop_vm_watch(**_: Any) -> None:
-    if STATE.vm_watch is not None:
-        STATE.vm_watch.stop.set()
+async def stop_watches(**_: Any) -> None:
+    for watch in STATE.watches:
+        watch.stop.set()
 
 
 @kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
@@ -190,6 +218,7 @@ def vmi_event(type: str, name: str, namespace: str | None, annotations: kopf.Ann
 @kopf.on.event(GROUP, VERSION, "cpumodels")
 def model_event(type: str, name: str, meta: kopf.Meta, **kwargs: Any) -> None:
     STATE.vm_selectors = _single(kwargs["model_vm_selectors"])
+    STATE.model_selectors = _single(kwargs["model_selectors"])
     if STATE.model_event(name, meta.get("generation"), type == "DELETED"):
         STATE.trigger(name)
 
@@ -264,12 +293,12 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     status = STATE.status_view(name, observed_status)
     spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
     obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
-    nodes = STATE.labels_view(_single(indexes["node_labels"]))
+    nodes = STATE.labels_view(STATE.node_labels)
     vmis = _single(indexes["running_vms"])
     running: dict[str, int] = {}
     for revision in _running_of(name, vmis).values():
         running[revision] = running.get(revision, 0) + 1
-    result = plan.reconcile(obj, nodes, _single(indexes["node_profiles"]), _now(), running=running)
+    result = plan.reconcile(obj, nodes, STATE.node_profiles, _now(), running=running)
     kube = _kube()
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     try:
@@ -305,9 +334,8 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
     trigger.set()
     metrics.MODELS.inc()
     try:
-        while not STATE.vms_listed.is_set() and not stopped:  # as kopf does for its indexes: start from a full view
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(STATE.vms_listed.wait(), timeout=1.0)
+        while not STATE.listed() and not stopped:  # as kopf does for its indexes: start from a full view
+            await asyncio.sleep(0.2)
         while not stopped:
             waited = 0.0
             while not trigger.is_set() and not stopped and waited < RUNTIME.resync_seconds:
@@ -334,13 +362,14 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
 @kopf.on.delete(GROUP, VERSION, "cpumodels")
 async def cleanup(name: str, **kwargs: Any) -> None:
     """The CpuModel is going away: its label leaves every node before the finalizer is removed."""
-    changes = plan.removal(name, STATE.labels_view(_single(kwargs["node_labels"])))
+    while not STATE.listed():
+        await asyncio.sleep(0.2)
+    changes = plan.removal(name, STATE.labels_view(STATE.node_labels))
     failed = await asyncio.to_thread(act.apply_labels, _kube(), changes)
     if failed:
         raise kopf.TemporaryError(f"could not remove {plan.label_key(name)} from {', '.join(failed)}", delay=10)
     STATE.remember_labels(changes)
     # restore every VM it patched: with no vmSelector and no model, the plan takes armcpu's additions back out
-    await STATE.vms_listed.wait()
     view = STATE.vms_view(STATE.vm_store)
     restore = vms.plan_for_model(name, None, None, view, {})
     if await send_vm_patches(name, restore):

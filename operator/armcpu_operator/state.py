@@ -1,4 +1,5 @@
-"""In-memory bookkeeping between kopf's watch events and the per-CpuModel reconcile loops.
+"""In-memory bookkeeping between the watches (kopf's, and :mod:`armcpu_operator.listwatch`'s) and the
+per-CpuModel reconcile loops.
 
 Which CpuModels a Node or NodeCpuProfile event can affect is decided here (so a node heartbeat
 wakes nobody), and writes the operator made but the watch has not delivered yet are remembered,
@@ -20,7 +21,8 @@ from armcpu_operator import vms
 @dataclass
 class State:
     triggers: dict[str, asyncio.Event] = field(default_factory=dict)
-    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # every Node's labels
+    node_profiles: dict[str, Any] = field(default_factory=dict)  # node -> plan.ParsedProfile of its NodeCpuProfile
     model_generations: dict[str, int | None] = field(default_factory=dict)
     written_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     written_labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
@@ -29,11 +31,18 @@ class State:
     ambiguous_reported: set[tuple[str, str]] = field(default_factory=set)
     vmi_definitions: dict[tuple[str, str], tuple[str, str, bool]] = field(default_factory=dict)
     vm_store: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # every VM, as vms.subset
+    nodes_listed: asyncio.Event = field(default_factory=asyncio.Event)
+    profiles_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vms_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vm_selectors: dict[str, Any] = field(default_factory=dict)  # CpuModel -> its vmSelector (None while deleted)
-    vm_watch: Any = None
+    model_selectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # CpuModel -> its nodeSelector
+    watches: list[Any] = field(default_factory=list)  # the running listwatch.ListWatch threads
     hook_configmaps: dict[str, str] | None = None  # namespace -> script held; None: not listed yet
     hook_configmaps_listed: float = 0.0
+
+    def listed(self) -> bool:
+        """Every directly watched collection has been listed once: a reconcile starts from a full view."""
+        return self.nodes_listed.is_set() and self.profiles_listed.is_set() and self.vms_listed.is_set()
 
     def trigger(self, model: str) -> None:
         self.triggers.setdefault(model, asyncio.Event()).set()
