@@ -125,6 +125,16 @@ def test_a_reconcile_that_changes_nothing_writes_nothing(control_plane: ControlP
 
     time.sleep(1.0)
     assert operator_writes(control_plane, mark) == []
+    # what changes on a node all the time (status heartbeats) or without meaning to armcpu (annotations) wakes nothing
+    reconciles = operator.metric("armcpu_operator_reconcile_duration_seconds_count")
+    for beat in range(3):
+        stamp = f"2026-01-01T00:00:0{beat}Z"
+        admin.merge_patch("/api/v1/nodes/q-a/status", {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}]}})
+        admin.merge_patch("/api/v1/nodes/q-b", {"metadata": {"annotations": {"example.com/beat": str(beat)}}})
+    time.sleep(1.5)
+    assert operator.metric("armcpu_operator_reconcile_duration_seconds_count") == reconciles, "a heartbeat woke a reconcile"
+    assert operator_writes(control_plane, mark) == []
 
 
 def test_selector_change_moves_the_labels_and_delete_cleans_up(control_plane: ControlPlane, admin: Kube, operator: OperatorProcess) -> None:
