@@ -152,11 +152,16 @@ def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm
 
 
 def converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str], namespace: str) -> bool:
-    """For ``wait_for``: :func:`assert_safe_and_converged` holds now."""
+    """For ``wait_for``: :func:`assert_safe_and_converged` holds now (an API server still coming back,
+    answering 429 while its CRD storage re-initialises, counts as not yet)."""
     try:
         assert_safe_and_converged(admin, model_name, nodes, vm_names, namespace)
     except AssertionError:
         return False
+    except ApiError as exc:
+        if exc.status in (429, 503):
+            return False
+        raise
     return True
 
 

@@ -1,9 +1,9 @@
 """kopf registration, and the direct watches kopf does not do.
 
-Nodes, NodeCpuProfiles and VirtualMachines are listed and watched by :mod:`armcpu_operator.listwatch`
-(kopf's per-event cost is too high for collections that size, and kopf then writes nothing on
-them); kopf handles armcpu's own CpuModels (indexes, a reconcile loop as a daemon, a deletion
-handler, the webhooks) and indexes running VMIs.
+Nodes, NodeCpuProfiles, VirtualMachines and VirtualMachineInstances are listed and watched by
+:mod:`armcpu_operator.listwatch` (kopf's per-event cost is too high for collections that size, and
+kopf then writes nothing on them); kopf handles armcpu's own CpuModels (indexes, a reconcile loop
+as a daemon, a deletion handler) and the webhooks.
 
 Handlers translate; :mod:`armcpu_operator.plan` decides and :mod:`armcpu_operator.act` writes.
 """
@@ -91,15 +91,13 @@ def model_definitions(name: str, spec: kopf.Spec, status: kopf.Status, meta: kop
                    "live": [int(e["revision"]) for e in status.get("liveRevisions") or []]}}
 
 
-def _vmi_definition(annotations: kopf.Annotations) -> tuple[str, str, bool]:
-    """(model, revision, started with armcpu's domain hook) as the VM's template said at its start."""
+def _vmi_definition(vmi: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """(model, revision, started with armcpu's domain hook) as the VM's template said at its start;
+    None for a VMI armcpu did not dress (it is not kept)."""
+    annotations = (vmi.get("metadata") or {}).get("annotations") or {}
+    if vms.T_MODEL not in annotations:
+        return None
     return annotations[vms.T_MODEL], annotations.get(vms.T_REVISION, ""), vms.HOOK_ANNOTATION in annotations
-
-
-@kopf.index("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
-def running_vms(name: str, namespace: str | None, annotations: kopf.Annotations, **_: Any) -> dict[tuple[str, str], tuple[str, str, bool]]:
-    """Running VMs of armcpu's models, with the (model, revision) they were started with."""
-    return {(namespace or "", name): _vmi_definition(annotations)}
 
 
 def _single(index: Any) -> dict[Any, Any]:
@@ -182,6 +180,18 @@ def vm_changes(changes: list[tuple[listwatch.Key, dict[str, Any] | None]], repla
         STATE.vms_listed.set()
 
 
+def vmi_changes(changes: list[tuple[listwatch.Key, tuple[str, str, bool] | None]], replace: bool) -> None:
+    """Running VMs of armcpu's models: one started or stopped, so its model's running counts change
+    (a VMI's status updates change nothing here and wake nobody)."""
+    if replace:
+        changes = _replacing(STATE.vmi_definitions, changes)
+    for key, definition in changes:
+        for model in STATE.vmi_event(key, definition):
+            STATE.trigger(model)
+    if replace:
+        STATE.vmis_listed.set()
+
+
 def _labels_of(node: dict[str, Any]) -> dict[str, str]:
     return dict((node.get("metadata") or {}).get("labels") or {})
 
@@ -197,6 +207,8 @@ async def start_watches(**_: Any) -> None:
         listwatch.ListWatch(_kube(), loop, "/api/v1/nodes", _labels_of, node_changes, what="nodes", metadata_only=True),
         listwatch.ListWatch(_kube(), loop, f"/apis/{GROUP}/{VERSION}/nodecpuprofiles", _profile_of, profile_changes, what="nodecpuprofiles"),
         listwatch.ListWatch(_kube(), loop, "/apis/kubevirt.io/v1/virtualmachines", vms.subset, vm_changes, what="virtualmachines"),
+        listwatch.ListWatch(_kube(), loop, "/apis/kubevirt.io/v1/virtualmachineinstances", _vmi_definition, vmi_changes,
+                            what="virtualmachineinstances", metadata_only=True),
     ]
     for watch in STATE.watches:
         watch.start()
@@ -206,13 +218,6 @@ async def start_watches(**_: Any) -> None:
 async def stop_watches(**_: Any) -> None:
     for watch in STATE.watches:
         watch.stop.set()
-
-
-@kopf.on.event("kubevirt.io", "v1", "virtualmachineinstances", annotations={vms.T_MODEL: kopf.PRESENT})
-def vmi_event(type: str, name: str, namespace: str | None, annotations: kopf.Annotations, **_: Any) -> None:
-    """A VM of some model started or stopped: its model's running counts change (status updates don't)."""
-    for model in STATE.vmi_event((namespace or "", name), None if type == "DELETED" else _vmi_definition(annotations)):
-        STATE.trigger(model)
 
 
 @kopf.on.event(GROUP, VERSION, "cpumodels")
@@ -294,7 +299,7 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     spec: dict[str, Any] = copy.deepcopy(dict(body.spec))
     obj = {"metadata": {"name": name, "generation": body.meta.get("generation")}, "spec": spec, "status": status}
     nodes = STATE.labels_view(STATE.node_labels)
-    vmis = _single(indexes["running_vms"])
+    vmis = dict(STATE.vmi_definitions)
     running: dict[str, int] = {}
     for revision in _running_of(name, vmis).values():
         running[revision] = running.get(revision, 0) + 1
@@ -374,7 +379,7 @@ async def cleanup(name: str, **kwargs: Any) -> None:
     restore = vms.plan_for_model(name, None, None, view, {})
     if await send_vm_patches(name, restore):
         raise kopf.TemporaryError(f"could not restore every VM {name} had patched; retrying", delay=5)
-    if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(_single(kwargs["running_vms"]))):
+    if not await hookmaps.sync(_kube(), STATE, {**view, **restore.targets}, _hooked_vmis(STATE.vmi_definitions)):
         raise kopf.TemporaryError("could not remove the domain hook ConfigMaps no VM needs any more; retrying", delay=5)
     STATE.triggers.pop(name, None)
     metrics.forget(name)
@@ -402,7 +407,8 @@ def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     if not definition:
         return  # no model computed yet
     key = ((body.get("metadata") or {}).get("namespace") or "", (body.get("metadata") or {}).get("name") or "")
-    running = _running_of(matched[0], _single(kwargs["running_vms"])).get(key)
+    started = STATE.vmi_definitions.get(key)  # one lookup: this runs in a worker thread while the loop updates the dict
+    running = started[1] if started is not None and started[0] == matched[0] else None
     desired = vms.for_running(vms.desired_from(matched[0], definition, definition.get("enforcement")), running, definition.get("live") or ())
     carried = vms.current_revision(body) if vms.uses(body) == matched[0] else None
     if carried is not None and carried.isdigit() and int(carried) > desired.revision:

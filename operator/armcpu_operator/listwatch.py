@@ -1,16 +1,18 @@
-"""Nodes, NodeCpuProfiles and KubeVirt VirtualMachines, listed and watched directly rather than through kopf.
+"""Nodes, NodeCpuProfiles and KubeVirt VMs and VMIs, listed and watched directly rather than through kopf.
 
-These are the collections that reach thousands (nodes, profiles) and tens of thousands (VMs) of
-objects, and every label or VM patch armcpu sends comes back as a watch event. kopf's per-event
+These are the collections that reach thousands (nodes, profiles) and tens of thousands (VMs, VMIs)
+of objects; every label or VM patch armcpu sends comes back as a watch event, and KubeVirt updates
+a running VMI's status often. kopf's per-event
 machinery (handler selection, diffs, progress bookkeeping) cost about 20 ms per event in the
 benchmark, most of the operator's time; here an event costs a JSON parse, the caller's small
-conversion and a dict comparison. kopf still handles armcpu's own CpuModels and the VMIs.
+conversion and a dict comparison. kopf still handles armcpu's own CpuModels.
 
 A thread per collection lists (paginated) and then watches from the list's resourceVersion,
 relisting when the version expires (410) and backing off on errors; it hands each change to the
-asyncio loop, where all state lives, so nothing is shared across threads. Nodes are read as
-metadata only (``PartialObjectMetadata``): armcpu needs their labels, and a real Node's status
-(images, conditions, addresses) is most of its size.
+asyncio loop, where all state lives, so nothing is shared across threads. Nodes and VMIs are read
+as metadata only (``PartialObjectMetadata``): armcpu needs a Node's labels and a VMI's annotations,
+and their status (a Node's images and conditions, a VMI's interfaces, guest info, migration state)
+is most of their size.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ class State:
     nodes_listed: asyncio.Event = field(default_factory=asyncio.Event)
     profiles_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vms_listed: asyncio.Event = field(default_factory=asyncio.Event)
+    vmis_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vm_selectors: dict[str, Any] = field(default_factory=dict)  # CpuModel -> its vmSelector (None while deleted)
     model_selectors: dict[str, dict[str, Any]] = field(default_factory=dict)  # CpuModel -> its nodeSelector
     watches: list[Any] = field(default_factory=list)  # the running listwatch.ListWatch threads
@@ -42,7 +43,7 @@ class State:
 
     def listed(self) -> bool:
         """Every directly watched collection has been listed once: a reconcile starts from a full view."""
-        return self.nodes_listed.is_set() and self.profiles_listed.is_set() and self.vms_listed.is_set()
+        return all(e.is_set() for e in (self.nodes_listed, self.profiles_listed, self.vms_listed, self.vmis_listed))
 
     def trigger(self, model: str) -> None:
         self.triggers.setdefault(model, asyncio.Event()).set()
