@@ -135,7 +135,45 @@ def request_counts(plane: ControlPlane, mark: int) -> Counter[str]:
     return counts
 
 
-def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0) -> dict[str, Any]:
+def running_count(kube: Kube) -> int:
+    return sum(sum(int(n) for n in ((s.get("vms") or {}).get("running") or {}).values()) for s in statuses(kube).values())
+
+
+def start_and_churn_vmis(admin: Kube, plane: ControlPlane, pid: int, count: int, updates: int) -> dict[str, Any]:
+    """Start ``count`` of the patched VMs (their VMIs, as virt-controller creates them: the template's
+    annotations), time until the CpuModels count them running, then update every VMI's status
+    ``updates`` times, as KubeVirt does while VMs run, and measure what that costs the operator.
+    KubeVirt's VMI CRD has no status subresource: virt-handler writes the whole object."""
+    vm_items = admin.get(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines")["items"][:count]
+    mark = plane.audit_mark()
+    _, cpu_before = proc_stats(pid)
+    t = time.monotonic()
+    parallel(lambda vm: admin.create(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances", {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": vm["metadata"]["name"], "annotations": vm["spec"]["template"]["metadata"]["annotations"]},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": "1Gi"}}}}), vm_items)
+    wait(lambda: running_count(admin) == count, 600)
+    started = time.monotonic() - t
+    _, cpu_started = proc_stats(pid)
+    start_requests = request_counts(plane, mark)
+    names = [vm["metadata"]["name"] for vm in vm_items]
+    mark = plane.audit_mark()
+    t = time.monotonic()
+    for round_ in range(updates):
+        phase = "Running" if round_ % 2 else "Scheduled"
+        parallel(lambda name, phase=phase: admin.merge_patch(f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/{name}",
+                                                             {"status": {"phase": phase}}), names)
+    churn = time.monotonic() - t
+    time.sleep(2.0)  # the last events reach the operator
+    _, cpu_churned = proc_stats(pid)
+    return {"vmis_started": count, "vmis_counted_running_s": round(started, 2), "operator_cpu_s_to_count_vmis": round(cpu_started - cpu_before, 1),
+            "operator_requests_starting_vmis": dict(start_requests),
+            "vmi_status_updates": count * updates, "vmi_status_updates_s": round(churn, 1),
+            "operator_cpu_s_during_vmi_updates": round(cpu_churned - cpu_started, 1),
+            "operator_requests_during_vmi_updates": dict(request_counts(plane, mark))}
+
+
+def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0, running_vms: int = 0, vmi_updates: int = 3) -> dict[str, Any]:
     with running() as plane:
         admin = Kube(load_kubeconfig(plane.kubeconfig))
         plane.kubectl("create", "namespace", NS)
@@ -194,6 +232,7 @@ def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0)
             steady = request_counts(plane, mark)
             all_clients = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) and not k.endswith(" leases")}
             found = statuses(admin)
+            vmi_phase = start_and_churn_vmis(admin, plane, op.pid, running_vms, vmi_updates) if running_vms else {}
 
             # restore every VM and label (delete the models), then the floor: the same patches, sent directly
             for name in found:
@@ -222,7 +261,7 @@ def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0)
         f"operator_requests_in_{int(quiet_seconds)}s_quiet": dict(steady),
         f"apiserver_request_total_in_{int(quiet_seconds)}s_quiet": all_clients,
         "operator_rss_mib_idle": round(rss_idle, 1), "operator_rss_mib_converged": round(rss_converged, 1),
-        "operator_cpu_s_to_converge": round(cpu_converged, 1),
+        "operator_cpu_s_to_converge": round(cpu_converged, 1), **vmi_phase,
     }
 
 
@@ -247,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--models", type=int, default=1, help="CpuModels, each over its own pool of nodes and VMs")
     parser.add_argument("--quiet", type=float, default=30.0, help="seconds of steady state to count requests over")
+    parser.add_argument("--running", type=int, default=0, help="then start this many of the VMs (create their VMIs) and update their status")
+    parser.add_argument("--vmi-updates", type=int, default=3, help="status updates per running VMI")
     args = parser.parse_args(argv)
     agent = agent_footprint()  # first, while this process is small: a child's max RSS counts what it inherited before exec
-    result = {**run(args.nodes, args.vms, args.models, args.quiet), **agent}
+    result = {**run(args.nodes, args.vms, args.models, args.quiet, args.running, args.vmi_updates), **agent}
     print(json.dumps(result, indent=1))
     return 0
 
