@@ -144,6 +144,9 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
         "qemu-system-aarch64", "-machine", "virt,virtualization=on,gic-version=3", "-cpu", cpu,
         "-smp", "1", "-m", "1024", "-accel", "tcg", "-display", "none", "-no-reboot",
         "-serial", f"file:{console}", "-monitor", "none",
+        # no network: the guest needs none, and QEMU's default NIC wants a boot ROM (efi-virtio.rom,
+        # Debian's ipxe-qemu) that a --no-install-recommends QEMU does not have
+        "-nic", "none",
         "-kernel", str(d / f"vmlinuz-{kernel}"), "-initrd", str(d / f"initrd.img-{kernel}"),
         "-append", "root=/dev/vda ro console=ttyAMA0 init=/sbin/armcpu-tier-init panic=-1 quiet",
         "-drive", f"file={d / 'rootfs.ext4'},if=virtio,format=raw,snapshot=on",
@@ -151,7 +154,9 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
         "-drive", f"file={out_disk},if=virtio,format=raw",
     ]
     start = time.monotonic()
-    subprocess.run(command, check=True, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True)
+    done = subprocess.run(command, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"QEMU for {cpu} with Linux {kernel} exited with {done.returncode}: {done.stderr.strip()}")
     seconds = time.monotonic() - start
     files: dict[str, bytes] = {}
     try:

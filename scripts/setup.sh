@@ -21,13 +21,14 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/python -m pip install --quiet -e '.[k8s,test]'
   echo "$want" > "$stamp"
 fi
-# Debian packages the domain hook's tests use, as root: libvirt's schema checker (libvirt-clients)
-# and libvirt itself (libvirt-daemon-system; the tests start and stop its daemon). The emulated-KVM
-# tier installs its own: scripts/build-arm64-guest.sh.
-if { ! command -v virt-xml-validate || ! command -v libvirtd; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
-  echo "setup: installing libvirt-clients and libvirt-daemon-system from Debian ..." >&2
+# Debian packages the domain hook's tests use, as root: libvirt's schema checker (libvirt-clients,
+# and the xmllint it runs, libxml2-utils, which it only recommends) and libvirt itself
+# (libvirt-daemon-system; the tests start and stop its daemon). The emulated-KVM tier installs its
+# own: scripts/build-arm64-guest.sh.
+if { ! command -v virt-xml-validate || ! command -v xmllint || ! command -v libvirtd; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+  echo "setup: installing libvirt-clients, libxml2-utils and libvirt-daemon-system from Debian ..." >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    libvirt-clients libvirt-daemon-system qemu-system-arm >/dev/null
+    libvirt-clients libxml2-utils libvirt-daemon-system qemu-system-arm >/dev/null
 fi
 tools=$(bash scripts/build-tools.sh | tail -n 1)
 echo "ARMCPU_TOOLS_DIR=$tools"
