@@ -107,8 +107,17 @@ class Run:
 
 def build_guest() -> Guest:
     """Build (or find cached) the guest image; needs root the first time."""
-    done = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, capture_output=True, text=True)
+    done = _run(BUILD_SCRIPT.name, ["bash", str(BUILD_SCRIPT)])
     return Guest(Path(done.stdout.strip().splitlines()[-1]))
+
+
+def _run(what: str, command: list[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a captured command; a failure raises with the command's own message (its stderr), which
+    a bare CalledProcessError would keep out of the test report."""
+    done = subprocess.run(command, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} exited with {done.returncode}: {done.stderr.strip()[-4000:]}")
+    return done
 
 
 def wheel_into(site: Path) -> None:
@@ -154,9 +163,7 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
         "-drive", f"file={out_disk},if=virtio,format=raw",
     ]
     start = time.monotonic()
-    done = subprocess.run(command, timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"QEMU for {cpu} with Linux {kernel} exited with {done.returncode}: {done.stderr.strip()}")
+    _run(f"QEMU for {cpu} with Linux {kernel}", command, timeout)
     seconds = time.monotonic() - start
     files: dict[str, bytes] = {}
     try:
