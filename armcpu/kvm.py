@@ -21,6 +21,10 @@ RULE_OVERRIDES: Mapping[tuple[str, str], tuple[Rule, int]] = {
     ("ID_AA64PFR0_EL1", "GIC"): (Rule.EXACT, 0),
 }
 
+# Fields KVM accepts any written value for but ignores (the guest reads the node's value): the old NV
+# value userspace may still write (sys_regs.c; the truth matrix: a 6.12 view written on 7.3).
+IGNORED_WRITES: frozenset[tuple[str, str]] = frozenset({("ID_AA64MMFR2_EL1", "NV")})
+
 # Fields whose guest value is set by a vCPU feature flag rather than by writing the register:
 # with the feature off KVM's limit is 0 there, so a model that has them all at 0 runs on any node.
 VCPU_FEATURE_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = {

@@ -63,6 +63,34 @@ def combine_values(fld: Field, values: Iterable[int]) -> int:
     return acc
 
 
+def _ctr_coherence(ctr: int) -> tuple[int, int]:
+    return catalog.field("CTR_EL0", "IDC").extract(ctr), catalog.field("CTR_EL0", "DIC").extract(ctr)
+
+
+def _clidr_for(ctr: int, profiles: Sequence[Profile], folded: int) -> int:
+    """The pool model's CLIDR_EL1: a member's whole CLIDR whose CTR_EL0 has the model's IDC and DIC.
+
+    KVM (Linux >= 6.3) fabricates a vCPU's CLIDR_EL1 from CTR_EL0's IDC and DIC, so the members'
+    CLIDRs are a function of those two bits; folding them field by field made a hybrid (LoUU and
+    LoUIS 0 from one member, Ctype1 from another) that claims coherence a member lacks, and KVM
+    refused it on that member (the truth matrix: every cortex-a72 pair on Linux 6.12 and 7.3). A
+    member with the model's IDC and DIC gives the CLIDR a guest needs for that CTR_EL0; only when
+    none has them is the field fold kept (and ``can_run`` checks it against each node).
+    """
+    want = _ctr_coherence(ctr)
+    for p in profiles:
+        if "CLIDR_EL1" in p.registers and _ctr_coherence(p.value("CTR_EL0")) == want:
+            return p.value("CLIDR_EL1")
+    return folded
+
+
+def clidr_implies_idc(clidr: int) -> bool:
+    """Linux's ``set_clidr``: a CLIDR_EL1 with LoC 0, or LoUU and LoUIS both 0, says no cleaning to
+    the point of unification is needed, which only a CPU with CTR_EL0.IDC may say."""
+    f = catalog.register("CLIDR_EL1").decode(clidr)
+    return f["LoC"] == 0 or (f["LoUU"] == 0 and f["LoUIS"] == 0)
+
+
 @dataclass(frozen=True)
 class Blocker:
     """A field the pool disagrees on that some node cannot change."""
@@ -146,6 +174,8 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
                 )
             )
         regs[reg.name] = value
+    if "CLIDR_EL1" in regs:
+        regs["CLIDR_EL1"] = _clidr_for(regs.get("CTR_EL0", 0), profiles, regs["CLIDR_EL1"])
     chosen = profiles[0]
     if identity_from is not None:
         matches = [p for p in profiles if p.name == identity_from]
@@ -240,6 +270,15 @@ def can_run(node: Profile, model: Model) -> CanRun:
         if reg.name not in model.registers:
             continue
         mv, nv = model.value(reg.name), node.value(reg.name)
+        seen = (node.guest_view or {}).get(reg.name)
+        if mv == nv and seen is not None and seen != mv:
+            # KVM leaves the register untrapped when the VM's value equals the host's: the guest reads the physical one
+            for fld in reg.fields:
+                if fld.extract(seen) != fld.extract(mv):
+                    refusals.append(Refusal(reg.name, fld.name, fld.extract(seen), fld.extract(mv), (), None,
+                                            "a guest reads the physical register here, not the model's value: KVM traps it only "
+                                            "when the VM's value differs from the node's (guest view measured by the agent)"))
+            continue
         if mv == nv:
             continue
         if reg.kind is RegisterKind.IDENTITY:
@@ -262,6 +301,8 @@ def can_run(node: Profile, model: Model) -> CanRun:
             feats = _features_of_field(fld, fm, fn)
             if writable is None:
                 rule = "the node reported no writable ID registers (KVM before Linux 6.7): it can only run its own view"
+            elif not writable and (reg.name, fld.name) in kvm.IGNORED_WRITES:
+                rule = "KVM accepts a written value here but ignores it: the guest reads the node's value (measured on Linux 7.3)"
             elif not writable:
                 rule = "not writable on this node: must equal the node's value"
             elif kvm.safe_value(fld, fm, fn) != fm:
@@ -277,6 +318,12 @@ def can_run(node: Profile, model: Model) -> CanRun:
                     )
                 continue
             refusals.append(Refusal(reg.name, fld.name, fn, fm, feats, writable, rule))
+        if reg.name == "CLIDR_EL1" and clidr_implies_idc(mv) and not catalog.field("CTR_EL0", "IDC").extract(node.value("CTR_EL0")):
+            refusals.append(
+                Refusal(reg.name, "LoUU/LoUIS/LoC", nv, mv, (), kvm.is_field_writable(node.writable, reg.fields[0]),
+                        "KVM refuses a CLIDR_EL1 that implies CTR_EL0.IDC (LoC 0, or LoUU and LoUIS 0) on a node without IDC "
+                        "(sys_regs.c set_clidr; measured on Linux 6.12 and 7.3)")
+            )
         stray = (mv ^ nv) & ~reg.defined_mask
         if stray:
             mask = None if node.writable is None else node.writable.get(reg.name, 0)

@@ -13,6 +13,7 @@ from typing import Any
 
 from armcpu import catalog
 from armcpu.catalog import RegisterKind
+from armcpu.verification import MAX_DISAGREEMENTS, MAX_MESSAGE, KernelVerdict
 
 FORMAT_VERSION = 1
 # Registers the architecture defines as 32 bits wide (AArch32 views and MIDR): upper bits are RES0.
@@ -56,6 +57,13 @@ class Profile:
     source: str | None = None
     hwcaps: tuple[str, ...] = ()
     kvm: KvmInfo = field(default_factory=KvmInfo)
+    verifications: tuple[KernelVerdict, ...] = ()  # what this node's kernel said about models (agent's verifier)
+    # registers a guest started with this view reads differently from ``registers`` (None: not measured)
+    guest_view: Mapping[str, int] | None = None
+
+    def verdict(self, key: str) -> KernelVerdict | None:
+        """This node's kernel's verdict on the model with verification key ``key``, if it gave one."""
+        return next((v for v in self.verifications if v.key == key), None)
 
     def value(self, register: str) -> int:
         """A register's value; an absent ID register reads as zero (RAZ)."""
@@ -170,6 +178,41 @@ def _parse_kvm(raw: object, where: str) -> KvmInfo:
     )
 
 
+MAX_VERIFICATIONS = 32
+_KEY = frozenset("0123456789abcdef")
+
+
+def _parse_verifications(raw: object, where: str) -> tuple[KernelVerdict, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_VERIFICATIONS:
+        raise ProfileError(f"{where}: expected a list of at most {MAX_VERIFICATIONS} verdicts")
+    out = []
+    for i, item in enumerate(raw):
+        here = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ProfileError(f"{here}: expected an object")
+        key = item.get("key")
+        if not isinstance(key, str) or len(key) != 16 or not set(key) <= _KEY:
+            raise ProfileError(f"{here}.key: expected 16 lower-case hex digits, got {key!r}")
+        accepted, read = item.get("accepted"), item.get("guest_read_matches")
+        if not isinstance(accepted, bool) or not (read is None or isinstance(read, bool)):
+            raise ProfileError(f"{here}: accepted must be true/false and guest_read_matches true/false/null")
+        messages = item.get("disagreements", [])
+        if not isinstance(messages, list) or len(messages) > MAX_DISAGREEMENTS or not all(
+                isinstance(m, str) and len(m) <= MAX_MESSAGE for m in messages):
+            raise ProfileError(f"{here}.disagreements: expected at most {MAX_DISAGREEMENTS} strings of at most {MAX_MESSAGE} characters")
+        revision = item.get("revision", 0)
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+            raise ProfileError(f"{here}.revision: expected a non-negative integer")
+        texts = {k: item.get(k, "") for k in ("boot_id", "model")}
+        if not all(isinstance(v, str) and len(v) <= 253 for v in texts.values()):
+            raise ProfileError(f"{here}: boot_id and model must be strings of at most 253 characters")
+        out.append(KernelVerdict(key=key, accepted=accepted, guest_read_matches=read, boot_id=str(texts["boot_id"]),
+                                 model=str(texts["model"]), revision=revision, disagreements=tuple(messages)))
+    return tuple(out)
+
+
 def from_dict(data: object, source: str = "profile") -> Profile:
     """Parse a profile object; ``source`` (e.g. a file name) prefixes every error."""
     if not isinstance(data, Mapping):
@@ -201,6 +244,8 @@ def from_dict(data: object, source: str = "profile") -> Profile:
         source=_optional_str(data, "source", source),
         hwcaps=hwcaps,
         kvm=_parse_kvm(data.get("kvm"), f"{source}: kvm"),
+        verifications=_parse_verifications(data.get("verifications"), f"{source}: verifications"),
+        guest_view=None if data.get("guest_view") is None else _parse_registers(data["guest_view"], f"{source}: guest_view"),
     )
 
 
@@ -237,6 +282,14 @@ def to_dict(profile: Profile) -> dict[str, Any]:
             "reg_mask_ranges": kvm.reg_mask_ranges,
             "vendor_hyp_bmap_2": None if kvm.vendor_hyp_bmap_2 is None else hex64(kvm.vendor_hyp_bmap_2),
         }
+    if profile.guest_view is not None:
+        out["guest_view"] = {k: hex64(v) for k, v in sorted(profile.guest_view.items())}
+    if profile.verifications:
+        out["verifications"] = [
+            {"key": v.key, "model": v.model, "revision": v.revision, "boot_id": v.boot_id, "accepted": v.accepted,
+             "guest_read_matches": v.guest_read_matches, "disagreements": list(v.disagreements)}
+            for v in profile.verifications
+        ]
     return out
 
 

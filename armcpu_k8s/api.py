@@ -57,6 +57,19 @@ class KvmSpec(_Schema):
     vendor_hyp_bmap_2: str | None = Field(None, pattern=HEX64, description="KVM_REG_ARM_VENDOR_HYP_BMAP_2 (errata hypercalls), if present.")
 
 
+class VerificationSpec(_Schema):
+    """This node's kernel's verdict on one model: the agent wrote the model into a scratch vCPU and a guest read it back."""
+
+    key: str = Field(pattern=r"^[0-9a-f]{16}$", description="Hash of every register of the model, identity included (armcpu.verification).")
+    model: str = Field("", max_length=253, description="The CpuModel the model was verified for.")
+    revision: int = Field(0, ge=0, description="That CpuModel's revision.")
+    boot_id: str = Field("", max_length=64, description="The kernel boot the verdict belongs to (/proc/sys/kernel/random/boot_id).")
+    accepted: bool = Field(description="KVM accepted every register of the model (KVM_SET_ONE_REG before the first run).")
+    guest_read_matches: bool | None = Field(None, description="The guest read exactly the model; null when it did not run.")
+    disagreements: list[str] = Field(default_factory=list, max_length=16, description="Each refused or differing field, as the agent saw it.",
+                                     json_schema_extra={"items": {"type": "string", "maxLength": 256}})
+
+
 class NodeCpuProfileSpec(_Schema):
     """A node's CPU as a guest sees it, in the profile format of docs/profile-format.md."""
 
@@ -82,6 +95,16 @@ class NodeCpuProfileSpec(_Schema):
     source: str | None = Field(None, max_length=1024, description="Free text: where the values come from.")
     cpuinfo_features: str | None = Field(None, max_length=8192, description="The Features line of /proc/cpuinfo (HWCAPs), for diagnosis.")
     kvm: KvmSpec | None = Field(None, description="KVM capabilities seen by the probe.")
+    guest_view: dict[str, str] | None = Field(
+        None, max_length=MAX_REGISTERS,
+        description="Registers a guest started with this node's own view reads differently from `registers` (the physical CTR_EL0 "
+        "KVM passes through, DCZID_EL0 KVM never shows userspace); empty: none; absent: not measured.",
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+    )
+    verifications: list[VerificationSpec] = Field(
+        default_factory=list, max_length=32,
+        description="The kernel's verdicts on the models of the CpuModels whose pool holds this node (current and live revisions).",
+    )
     fingerprint: str = Field(pattern=r"^[0-9a-f]{16}$", description="Hash of the feature and cache registers (docs/profile-format.md).")
 
 
@@ -200,6 +223,8 @@ class NodeCounts(_Schema):
     selected: int = Field(0, description="Nodes the nodeSelector selects.")
     compatible: int = Field(0, description="Selected nodes that can run the current revision (labelled cpumodel.armcpu.io/<name>=<revision>).")
     incompatible: int = Field(0, description="Selected nodes that cannot (reasons in incompatibleNodes).")
+    pending: int = Field(0, description="Selected nodes armcpu's rules admit but whose kernel has not verified the revision yet "
+                                        "(with --kernel-verification Required; listed in pendingNodes).")
 
 
 class NodeWarning(_Schema):
@@ -266,6 +291,8 @@ class CpuModelStatus(_Schema):
     vms: VmCounts | None = Field(None, description="VirtualMachine counts.")
     incompatibleNodes: list[IncompatibleNode] = Field(default_factory=list, description="Up to 20 nodes that cannot run the model, with reasons.")
     incompatibleNodesOmitted: int = Field(0, description="How many incompatible nodes are not listed.")
+    pendingNodes: list[str] = Field(default_factory=list, max_length=20,
+                                    description="Up to 20 nodes waiting for their agent to verify the current revision on their kernel.")
     nodeWarnings: list[NodeWarning] = Field(
         default_factory=list, description="Costs on compatible nodes, e.g. a CTR_EL0 that differs from the node's makes every guest CTR_EL0 "
         "read trap (up to 20).",
@@ -276,7 +303,8 @@ class CpuModelStatus(_Schema):
         "r<N>.cpumodel.armcpu.io/<name>=true, and such a VM's nodeSelector requires that label until it restarts.",
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Degraded, Invalid, RestartPending.",
+        default_factory=list, description="Ready, Degraded, Invalid, RestartPending, PredictionMismatch (a node's kernel disagrees "
+        "with armcpu's rules).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 

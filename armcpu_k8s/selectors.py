@@ -59,4 +59,6 @@ def _matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
             return False
         if op == "DoesNotExist" and key in labels:
             return False
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return False  # an operator nobody defined selects nothing (it used to select every node)
     return True

@@ -134,19 +134,33 @@ def _ext4(source: Path, image: Path, size_mb: int) -> None:
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(source), str(image), f"{size_mb}M"], check=True)
 
 
-def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout: float = 900.0) -> Run:
-    """Boot ``guest``'s ``kernel`` on QEMU CPU model ``cpu`` and return what its agent runs wrote."""
+@dataclass(frozen=True)
+class Work:
+    """What one boot does: the script the guest's init runs (``@NODE@`` becomes the host's name)
+    and extra files put beside it on the payload disk."""
+
+    run_sh: str = RUN_SH
+    files: tuple[tuple[str, bytes], ...] = ()
+    out_bytes: int = OUT_DISK_BYTES
+
+
+def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout: float = 900.0, work: Work = Work()) -> Run:
+    """Boot ``guest``'s ``kernel`` on QEMU CPU model ``cpu`` and return what ``work`` wrote."""
     workdir.mkdir(parents=True, exist_ok=True)
     payload = workdir / "payload"
     if payload.exists():
         shutil.rmtree(payload)
     shutil.copytree(site, payload / "site")
-    (payload / "run.sh").write_text(RUN_SH.replace("@NODE@", node_name(cpu, kernel)))
+    (payload / "run.sh").write_text(work.run_sh.replace("@NODE@", node_name(cpu, kernel)))
     (payload / "run.sh").chmod(0o755)
-    _ext4(payload, workdir / "payload.ext4", 64)
+    size = 64
+    for name, data in work.files:
+        (payload / name).write_bytes(data)
+        size += len(data) * 2 // (1 << 20)
+    _ext4(payload, workdir / "payload.ext4", size)
     out_disk = workdir / "out.raw"
     with out_disk.open("wb") as fh:
-        fh.truncate(OUT_DISK_BYTES)
+        fh.truncate(work.out_bytes)
     console = workdir / "console.log"
     d = guest.directory
     command = [
@@ -179,16 +193,23 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
 
 
 def boot_all(guest: Guest, cpus: list[str], workdir: Path, kernels: list[str] | None = None,
-             parallel: int | None = None) -> dict[tuple[str, str], Run]:
-    """One boot per (CPU model, kernel), ``parallel`` at a time (default: one per core)."""
+             parallel: int | None = None, work: dict[tuple[str, str], Work] | None = None) -> dict[tuple[str, str], Run]:
+    """One boot per (CPU model, kernel), ``parallel`` at a time (default: one per core); ``work``
+    says what each host does (default: the agent's two probe runs)."""
     site = workdir / "site"
     if not site.exists():
         wheel_into(site)
     hosts = [(cpu, kernel) for kernel in (kernels or guest.kernels) for cpu in cpus]
+    if work is not None:
+        hosts = [h for h in hosts if h in work]
     workers = parallel or os.cpu_count() or 1
+    # the slowest hosts first, so that two cores are not left waiting on one `max` boot at the end
+    ordered = sorted(hosts, key=lambda h: h[0] != "max")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        runs = pool.map(lambda host: boot(guest, host[0], host[1], site, workdir / node_name(*host)), hosts)
-        return dict(zip(hosts, runs, strict=True))
+        runs = pool.map(lambda host: boot(guest, host[0], host[1], site, workdir / node_name(*host),
+                                          work=(work or {}).get(host, Work())), ordered)
+        done = dict(zip(ordered, runs, strict=True))
+    return {h: done[h] for h in hosts}
 
 
 def main(argv: list[str] | None = None) -> int:

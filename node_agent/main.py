@@ -3,7 +3,8 @@
 Runs as a DaemonSet: re-probes on start and every ``--interval`` seconds (a kernel or firmware
 update changes the registers), backs off on errors, and stops cleanly on SIGTERM. ``--once``
 prints the profile and exits without touching the cluster; it is also how users collect profiles
-for ``armcpu baseline``.
+for ``armcpu baseline``. ``armcpu-agent verify --model FILE`` asks this node's kernel whether it
+runs a model (:mod:`node_agent.verify_cmd`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,10 +29,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from armcpu.profile import to_dict
 from armcpu_k8s import logs, serving
 from armcpu_k8s.kube import ApiError, ConfigError, Kube, load_credentials
-from node_agent import plan
+from node_agent import plan, verifier, verify_cmd
 from node_agent.collect import NotArm64, Sources, collect
-from node_agent.probes import ProbeError, kvm_replay
-from node_agent.publish import NodeMissing, publish
+from node_agent.cpumodels import CpuModels
+from node_agent.probes import ProbeError, kvm_replay, kvm_session
+from node_agent.publish import NODES, NodeMissing, publish
 
 log = logging.getLogger("armcpu.agent")
 
@@ -48,6 +51,8 @@ class Metrics:
         self.writes = Counter("armcpu_agent_api_writes_total", "Write requests sent to the API server", ["verb", "code"], registry=r)
         self.info = Gauge("armcpu_agent_profile_info", "The published profile (value 1)", ["probe", "fingerprint", "cpu"], registry=r)
         self.arm64 = Gauge("armcpu_agent_arm64", "1 on arm64 nodes, 0 where the agent idles", registry=r)
+        self.verifications = Counter("armcpu_agent_verifications_total", "Models verified on this node's kernel, by verdict", ["result"],
+                                     registry=r)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,17 +70,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.add_argument("--kvm-record", type=Path, default=None, help="with --once: also write the KVM ioctl conversation to this file")
     p.add_argument("--kvm-replay", type=Path, default=None,
-                   help="answer the KVM probe from a recorded conversation instead of /dev/kvm (on any architecture)")
+                   help="answer the KVM probe from a recorded conversation instead of /dev/kvm (on any architecture); a file "
+                        "`armcpu-agent verify --kvm-record` wrote also answers the verifier for its model")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not verify the CpuModels of this node's pools on its kernel (the operator then reports the node pending "
+                        "unless it runs with --kernel-verification Advisory)")
     p.add_argument("--machine", default=platform.machine(), help=argparse.SUPPRESS)  # tests: pretend another arch
     return p.parse_args(argv)
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace, kube: Kube, sources: Sources, metrics: Metrics) -> None:
+    def __init__(self, args: argparse.Namespace, kube: Kube, sources: Sources, metrics: Metrics,
+                 checker: verifier.Verifier | None = None) -> None:
         self.args, self.kube, self.sources, self.metrics = args, kube, sources, metrics
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by stop and by a CpuModel change this node must verify
         self.ready = False
         self.heartbeat = time.monotonic()
+        self.verifier = checker
+        self.cpumodels = CpuModels(kube, self._cpumodels_changed, self.stop) if checker is not None else None
+        self.node_labels: dict[str, str] = {}
+        self.wanted: frozenset[str] = frozenset()
+
+    def _cpumodels_changed(self) -> None:
+        """From the watch thread: wake the loop only when the models this node must verify change."""
+        assert self.cpumodels is not None
+        keys = frozenset(t.key for t in plan.verification_targets(self.cpumodels.snapshot(), self.node_labels))
+        if keys != self.wanted:
+            self.wake.set()
+
+    def _with_verdicts(self, profile: Any, node: dict[str, Any]) -> Any:
+        if self.verifier is None or self.cpumodels is None or not self.cpumodels.synced.is_set():
+            return profile
+        self.node_labels = dict(node["metadata"].get("labels") or {})
+        targets = plan.verification_targets(self.cpumodels.snapshot(), self.node_labels)
+        self.wanted = frozenset(t.key for t in targets)
+        verdicts = self.verifier.verdicts(profile, targets)
+        for v in self.verifier.fresh:
+            self.metrics.verifications.labels("ok" if v.ok else "refused").inc()
+        return replace(profile, verifications=verdicts)
 
     def cycle(self) -> bool:
         """One probe-and-publish; True on success. Never raises for expected failures."""
@@ -91,7 +124,10 @@ class Agent:
         finally:
             self.metrics.probe_seconds.observe(time.monotonic() - start)
         try:
-            result = publish(self.kube, self.args.node_name, profile, self.args.feature_labels)
+            node = self.kube.get_or_none(f"{NODES}/{self.args.node_name}")
+            if node is not None:
+                profile = self._with_verdicts(profile, node)
+            result = publish(self.kube, self.args.node_name, profile, self.args.feature_labels, node=node)
         except (ApiError, NodeMissing, OSError) as exc:
             self.metrics.errors.labels("publish").inc()
             log.error("publish failed", extra={"error": str(exc)})
@@ -117,25 +153,34 @@ class Agent:
                 self.heartbeat = time.monotonic()
             return 0
         self.metrics.arm64.set(1)
+        if self.cpumodels is not None:
+            self.cpumodels.start()
         failures = 0
         while not self.stop.is_set():
+            self.wake.clear()
             ok = self.cycle()
             failures = 0 if ok else failures + 1
             delay = self.args.interval if ok else min(self.args.interval, 5.0 * 2 ** min(failures, 6))
-            self.stop.wait(delay)
+            self.wake.wait(delay)
         log.info("stopped")
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        return verify_cmd.main(argv[1:])
     args = parse_args(argv)
     if args.kvm_replay and args.machine not in ("aarch64", "arm64"):
         args.machine = "aarch64"  # a replayed conversation is an arm64 host's: the machine running the replay does not matter
     sources = Sources(root=args.host_root, machine=args.machine)
     recorder = None
+    sessions: verifier.SessionFactory | None = verifier.real_sessions(args.host_root)
+    if not args.kvm_replay:
+        sources.guest = lambda: kvm_session.LinuxKvm(args.host_root)  # the guest-view run (collect.guest_view)
     try:
         if args.kvm_replay:
-            sources.kvm = kvm_replay.load(args.kvm_replay)
+            sources.kvm, sessions = _replay(args.kvm_replay)
         elif args.kvm_record:
             recorder = sources.kvm = kvm_replay.Recorder()
     except ProbeError as exc:
@@ -160,19 +205,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = Metrics()
     kube = Kube(credentials, on_write=lambda verb, path, code: metrics.writes.labels(verb, str(code)).inc())
-    agent = Agent(args, kube, sources, metrics)
+    checker = verifier.Verifier(sessions, verifier.boot_id(args.host_root)) if args.verify else None
+    agent = Agent(args, kube, sources, metrics, checker)
     server = None
     if args.listen:
         host, _, port = args.listen.rpartition(":")
         server = serving.serve(host or "0.0.0.0", int(port), metrics.registry, ready=lambda: agent.ready, alive=agent.alive)
+    def stop(*_: object) -> None:
+        agent.stop.set()
+        agent.wake.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stop.set())
+        signal.signal(sig, stop)
     log.info("starting", extra={"node": args.node_name, "interval": args.interval, "host_root": str(args.host_root)})
     try:
         return agent.run()
     finally:
         if server is not None:
             server.shutdown()
+
+
+def _replay(path: Path) -> tuple[kvm_replay.Replay, verifier.SessionFactory | None]:
+    """A probe recording (``--once --kvm-record``) answers the probe only; a verifier recording
+    (``verify --kvm-record``) answers the probe and the verifier for its one model."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"{path}: cannot read the recording: {exc}") from None
+    if isinstance(data, dict) and "probe" in data:
+        return kvm_replay.Replay(data["probe"], f"{path} (probe)"), verifier.replayed_sessions(data, str(path))
+    return kvm_replay.Replay(data, str(path)), None
 
 
 if __name__ == "__main__":

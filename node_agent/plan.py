@@ -6,12 +6,14 @@ No I/O here; :mod:`node_agent.publish` does the two GETs and at most two writes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from armcpu import features, midr
-from armcpu.profile import Profile, to_dict
-from armcpu_k8s import group, labels
+from armcpu.profile import MAX_VERIFICATIONS, Profile, ProfileError, from_dict, to_dict
+from armcpu.verification import verification_key
+from armcpu_k8s import group, labels, selectors
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -66,3 +68,50 @@ def profile_needs_update(existing: Mapping[str, Any], desired: Mapping[str, Any]
         or any(meta.get("labels", {}).get(k) != v for k, v in want["labels"].items())
         or meta.get("ownerReferences") != want["ownerReferences"]
     )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model this node's kernel should give its verdict on: a revision of a CpuModel whose pool holds the node."""
+
+    model: str
+    revision: int
+    key: str  # armcpu.verification.verification_key of the registers
+    registers: Mapping[str, int]
+
+
+def verification_targets(cpumodels: Sequence[Mapping[str, Any]], node_labels: Mapping[str, str],
+                         limit: int = MAX_VERIFICATIONS) -> list[Target]:
+    """The current and live revisions of every CpuModel whose nodeSelector selects this node, one
+    per distinct model (two CpuModels with the same registers share a verdict), newest first.
+    A CpuModel whose selector or registers cannot be read is skipped: the operator reports it."""
+    found: dict[str, Target] = {}
+    for cpumodel in cpumodels:
+        name = str((cpumodel.get("metadata") or {}).get("name", ""))
+        spec, status = cpumodel.get("spec") or {}, cpumodel.get("status") or {}
+        try:
+            if not selectors.matches(spec.get("nodeSelector") or {}, node_labels):
+                continue
+        except (selectors.SelectorError, TypeError, AttributeError):
+            continue
+        revisions: list[tuple[Any, Any]] = []
+        if isinstance(status.get("model"), Mapping):
+            revisions.append((status.get("revision"), status["model"].get("registers")))
+        revisions += [(e.get("revision"), e.get("registers")) for e in status.get("liveRevisions") or [] if isinstance(e, Mapping)]
+        for revision, raw in revisions:
+            registers = _registers(raw)
+            if registers is None or not isinstance(revision, int):
+                continue
+            key = verification_key(registers)
+            if key not in found or found[key].revision < revision:
+                found[key] = Target(name, revision, key, registers)
+    return sorted(found.values(), key=lambda t: (-t.revision, t.model, t.key))[:limit]
+
+
+def _registers(raw: object) -> dict[str, int] | None:
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    try:
+        return dict(from_dict({"registers": dict(raw)}, "model").registers)
+    except ProfileError:
+        return None

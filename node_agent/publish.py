@@ -9,12 +9,14 @@ names only the agent's own keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from armcpu.profile import Profile
 from armcpu_k8s.kube import ApiError, Kube
 from node_agent import plan
 
 PROFILES = "/apis/armcpu.io/v1alpha1/nodecpuprofiles"
+NODES = "/api/v1/nodes"
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,9 @@ class NodeMissing(Exception):
     pass
 
 
-def publish(kube: Kube, node_name: str, profile: Profile, feature_labels: bool = False) -> Published:
-    node = kube.get_or_none(f"/api/v1/nodes/{node_name}")
+def publish(kube: Kube, node_name: str, profile: Profile, feature_labels: bool = False, node: Any = None) -> Published:
+    """``node``: the Node as the caller just read it (saves a GET), else read here."""
+    node = node if node is not None else kube.get_or_none(f"{NODES}/{node_name}")
     if node is None:
         raise NodeMissing(f"node {node_name!r} does not exist (is --node-name / NODE_NAME right?)")
     desired = plan.profile_object(node, profile)

@@ -20,8 +20,11 @@ mirror=${ARMCPU_GUEST_MIRROR:-http://deb.debian.org/debian}
 # python3-yaml and python3-prometheus-client: the agent's only imports outside the stdlib.
 # kmod: the initramfs loads virtio drivers; e2fsprogs is in minbase already.
 packages=linux-image-arm64,initramfs-tools,kmod,python3,python3-yaml,python3-prometheus-client,tar
+# Stock QEMU inside the emulated host (`-accel kvm -cpu host`), for the guest-move measurements:
+# what a cluster without a SYSREG-capable QEMU does when it migrates (docs/guest-moves.md).
+guest_qemu=qemu-system-arm
 
-key=$( (cat "$0"; echo "$suite $backports $mirror $packages") | sha256sum | cut -c1-12)
+key=$( (cat "$0"; echo "$suite $backports $mirror $packages $guest_qemu") | sha256sum | cut -c1-12)
 guest_dir=${ARMCPU_GUEST_DIR:-"${XDG_CACHE_HOME:-$HOME/.cache}/armcpu/guest/$key"}
 
 if [[ -f "$guest_dir/done" ]]; then
@@ -34,8 +37,9 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
+# QEMU >= 10 on the build machine: the hosts include neoverse-v1 and neoverse-n2.
+bash "$(dirname "${BASH_SOURCE[0]}")/debian-qemu.sh"
 need=()
-command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
 [[ -x /usr/bin/qemu-aarch64-static ]] || need+=(qemu-user-static)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
@@ -79,6 +83,14 @@ if [[ -n $backports ]]; then
     exit 1
   }
 fi
+echo "build-arm64-guest: adding $guest_qemu ..." >&2
+chroot "$rootfs" apt-get update -qq >>"$work/debootstrap.log" 2>&1
+chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  $guest_qemu >>"$work/debootstrap.log" 2>&1 || {
+  tail -n 30 "$work/debootstrap.log" >&2
+  exit 1
+}
+guest_qemu_version=$(chroot "$rootfs" dpkg-query -W -f '${Version}' qemu-system-arm)
 releases=()
 for kernel in "$rootfs"/boot/vmlinuz-*; do
   release=${kernel##*/vmlinuz-}
@@ -111,7 +123,7 @@ python_version=$(ls "$rootfs"/usr/bin/python3.* | grep -Eo 'python3\.[0-9]+$' | 
 qemu_version=$(qemu-system-aarch64 --version | head -n 1)
 kernels=$(printf '"%s",' "${releases[@]}")
 cat > "$work/guest.json" <<EOF
-{"suite": "$suite", "kernels": [${kernels%,}], "python": "$python_version", "qemu": "$qemu_version"}
+{"suite": "$suite", "kernels": [${kernels%,}], "python": "$python_version", "qemu": "$qemu_version", "guest_qemu": "$guest_qemu_version"}
 EOF
 size_mb=$(( $(du -sm "$rootfs" | cut -f1) * 3 / 2 + 64 ))
 mke2fs -q -F -t ext4 -L armcpu-guest -d "$rootfs" "$work/rootfs.ext4" "${size_mb}M"

@@ -28,7 +28,11 @@ fi
 if { ! command -v virt-xml-validate || ! command -v xmllint || ! command -v libvirtd; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
   echo "setup: installing libvirt-clients, libxml2-utils and libvirt-daemon-system from Debian ..." >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    libvirt-clients libxml2-utils libvirt-daemon-system qemu-system-arm >/dev/null
+    libvirt-clients libxml2-utils libvirt-daemon-system >/dev/null
+fi
+# One QEMU for the libvirt tests and the emulated tier: >= 10 (bookworm's backports on bookworm).
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  bash scripts/debian-qemu.sh
 fi
 tools=$(bash scripts/build-tools.sh | tail -n 1)
 echo "ARMCPU_TOOLS_DIR=$tools"

@@ -62,13 +62,17 @@ class OperatorProcess:
 
 @contextmanager
 def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool = True, wait_ready: bool = True,
-                     extra: tuple[str, ...] = (), kubeconfig: Path | None = None, namespace: str = NAMESPACE) -> Iterator[OperatorProcess]:
-    """The operator as a process; by default as user armcpu-operator (system:masters), or with ``kubeconfig``."""
+                     extra: tuple[str, ...] = (), kubeconfig: Path | None = None, namespace: str = NAMESPACE,
+                     kernel_verification: str = "Advisory") -> Iterator[OperatorProcess]:
+    """The operator as a process; by default as user armcpu-operator (system:masters), or with ``kubeconfig``.
+
+    ``kernel_verification`` defaults to Advisory here: the profiles these tests seed come from register
+    dumps, not from a kernel, so no verdict can arrive; tests of the verdicts pass Required."""
     plane.kubectl("create", "namespace", namespace, check=False)
     kubeconfig = kubeconfig or plane.kubeconfig_for(OPERATOR_USER)
     port = free_port()
     args = [sys.executable, "-m", "armcpu_operator", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
-            "--identity", identity, "--listen", f"127.0.0.1:{port}", *extra]
+            "--identity", identity, "--listen", f"127.0.0.1:{port}", "--kernel-verification", kernel_verification, *extra]
     if webhook:
         cert, key, ca = plane.serving_cert(f"webhook-{identity}")
         args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--webhook-cert", str(cert),

@@ -303,7 +303,7 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     running: dict[str, int] = {}
     for revision in _running_of(name, vmis).values():
         running[revision] = running.get(revision, 0) + 1
-    result = plan.reconcile(obj, nodes, STATE.node_profiles, _now(), running=running)
+    result = plan.reconcile(obj, nodes, STATE.node_profiles, _now(), running=running, kernel_verification=RUNTIME.kernel_verification)
     kube = _kube()
     STATE.remember_labels(result.label_changes)  # before sending: the echo may arrive before the response
     try:

@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run (default), or cleanup: restore every VM armcpu patched, remove every armcpu label and unused "
                         "domain hook ConfigMap, and exit (the chart's uninstall hook)")
     p.add_argument("--resync", type=float, default=300.0, help="seconds between unconditional reconciles of each CpuModel")
+    p.add_argument("--kernel-verification", choices=("Required", "Advisory"), default="Required",
+                   help="Required: a node runs a revision only once its agent verified it on the node's kernel (default). Advisory: "
+                        "armcpu's rules decide until a kernel verdict arrives (for nodes whose agents cannot verify); a kernel's "
+                        "refusal counts either way")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     return p.parse_args(argv)
 
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cleanup":
         return cleanup.run(RUNTIME.kube)
     RUNTIME.resync_seconds = args.resync
+    RUNTIME.kernel_verification = args.kernel_verification
     if args.webhook_config and "." not in args.webhook_config:
         log.error("--webhook-config must be a domain such as armcpu.io: webhook names (<handler>.<config>) need three dot-separated parts")
         return 2

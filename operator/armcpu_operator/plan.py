@@ -22,6 +22,7 @@ from armcpu import features as feats
 from armcpu import model as algebra
 from armcpu import render
 from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
+from armcpu.verification import KernelVerdict, verification_key
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
 from armcpu_operator import spec as specs
@@ -39,6 +40,9 @@ class Event:
     message: str
 
 
+REQUIRED, ADVISORY = "Required", "Advisory"  # --kernel-verification
+
+
 @dataclass
 class Plan:
     status: dict[str, Any]
@@ -47,6 +51,40 @@ class Plan:
     compatible: tuple[str, ...] = ()
     incompatible: tuple[str, ...] = ()
     selected: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """armcpu's prediction and a node's kernel disagree on a model: a bug in armcpu's rules."""
+
+    node: str
+    predicted: bool
+    kernel: KernelVerdict
+    refusals: tuple[str, ...]  # can_run's reasons, when it predicted a refusal
+
+    def message(self, revision: int) -> str:
+        said = "ran it" if self.kernel.ok else ("accepted it but its guest read something else" if self.kernel.accepted else "refused it")
+        fields = "; ".join(self.kernel.disagreements[:3] or self.refusals[:3]) or "no field named"
+        return (f"{self.node}: armcpu predicted it {'can' if self.predicted else 'cannot'} run revision {revision}, "
+                f"its kernel {said}: {fields}")
+
+
+def kernel_says(profile: Profile, model: algebra.Model, check: algebra.CanRun, policy: str) -> tuple[str, Mismatch | None]:
+    """One node and one model: "compatible", "incompatible" or "pending" (no verdict yet, and the
+    policy requires one), and the mismatch when the kernel disagrees with ``check``.
+
+    A kernel's refusal always counts, whatever the policy: the kernel is the authority, the rules a model of it.
+    """
+    kernel = profile.verdict(verification_key(model.registers))
+    mismatch = None
+    if kernel is not None and kernel.ok != check.ok:
+        mismatch = Mismatch(profile.name, check.ok, kernel, tuple(r.message() for r in check.refusals))
+    if not check.ok or (kernel is not None and not kernel.ok):
+        return "incompatible", mismatch
+    if kernel is None and policy == REQUIRED:
+        return "pending", None
+    return "compatible", mismatch
 
 
 def label_key(model_name: str) -> str:
@@ -203,8 +241,10 @@ def _live_revisions(old: Mapping[str, Any], revision: int, running: Mapping[str,
 
 def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]],
               profiles: Mapping[str, Mapping[str, Any] | ParsedProfile], now: str,
-              running: Mapping[str, int] | None = None) -> Plan:
-    """``running``: how many running VMs (VMIs) of this model were started with each revision."""
+              running: Mapping[str, int] | None = None, kernel_verification: str = REQUIRED) -> Plan:
+    """``running``: how many running VMs (VMIs) of this model were started with each revision.
+    ``kernel_verification``: Required (a node is compatible only once its kernel verified the
+    revision) or Advisory (a missing verdict does not hold a node back; a refusal still does)."""
     meta = cpumodel.get("metadata", {})
     name = meta["name"]
     generation = meta.get("generation")
@@ -251,15 +291,30 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
 
     incompatible: dict[str, list[str]] = dict(broken)
     compatible: list[str] = []
+    pending: list[str] = []
+    mismatches: list[Mismatch] = []
     warnings: list[dict[str, str]] = []
+    verdicts = 0
     if model is not None:
+        verified = verification_key(model.registers)
+        verdicts = sum(1 for profile in pool if profile.verdict(verified) is not None)
         for profile in pool:
             check = _can_run(profile, model)
-            if check.ok:
+            verdict, mismatch = kernel_says(profile, model, check, kernel_verification)
+            if mismatch is not None:
+                mismatches.append(mismatch)
+            if verdict == "compatible":
                 compatible.append(profile.name)
                 warnings += [{"name": profile.name, "message": w} for w in check.warnings]
-            else:
+            elif verdict == "pending":
+                pending.append(profile.name)
+            elif not check.ok:
                 incompatible[profile.name] = _refusal_reasons(check)
+            else:
+                kernel = profile.verdict(verification_key(model.registers))
+                assert kernel is not None
+                incompatible[profile.name] = [f"this node's kernel refused the model (armcpu's rules predicted it would run): {d}"
+                                              for d in kernel.disagreements[:MAX_REASONS_PER_NODE]] or ["this node's kernel refused the model"]
     else:
         for profile in pool:
             incompatible[profile.name] = [problem]
@@ -272,7 +327,8 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         want: dict[str, str | None] = {key: str(revision) if node_name in compatible else None}
         for entry in live:
             older = model_from_status(entry)
-            runs = node_name in compatible and _can_run(by_name[node_name], older).ok
+            runs = node_name in compatible and kernel_says(by_name[node_name], older, _can_run(by_name[node_name], older),
+                                                           kernel_verification)[0] == "compatible"
             both[int(entry["revision"])] += runs
             want[keys.revision_key(name, int(entry["revision"]))] = "true" if runs else None
         for label in node_labels:
@@ -286,6 +342,10 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     conditions = []
     if model is None:
         conditions.append(cond("Ready", "False", "NoModel", problem))
+    elif not compatible and pending:
+        conditions.append(cond("Ready", "False", "VerificationPending",
+                               f"{len(pending)} selected node(s) wait for their agent to verify revision {revision} on their kernel: "
+                               f"{_names(pending)}"))
     elif not compatible:
         conditions.append(cond("Ready", "False", "NoCompatibleNodes", f"none of the {len(selected)} selected node(s) can run revision {revision}"))
     else:
@@ -300,6 +360,13 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     else:
         conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model"))
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
+    if mismatches:
+        conditions.append(cond("PredictionMismatch", "True", "KernelDisagrees",
+                               f"{len(mismatches)} node(s) disagree with armcpu's rules (a bug in armcpu: please report it): "
+                               + " | ".join(m.message(revision) for m in mismatches[:EVENT_NODE_LIST])))
+    elif model is not None and verdicts:
+        conditions.append(cond("PredictionMismatch", "False", "KernelAgrees",
+                               f"the kernel verdicts of {verdicts} node(s) on this revision agree with armcpu's prediction"))
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
@@ -315,16 +382,23 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     }
     if model is not None and old.get("model") and current is not None and model is current:
         status["model"] = old["model"]  # byte-identical: no write for a pinned model
+    if pending:  # only then: a status without pending nodes stays as it was before verification existed (no write on upgrade)
+        status["nodes"]["pending"] = len(pending)
+        status["pendingNodes"] = sorted(pending)[:MAX_LISTED_NODES]
     if live:
         status["liveRevisions"] = [{**e, "nodes": both.get(int(e["revision"]), e.get("nodes", 0))} for e in live]
 
+    reported = next((c.get("message") for c in old_conditions if c.get("type") == "PredictionMismatch" and c.get("status") == "True"), "")
+    for m in mismatches:
+        if m.message(revision) not in (reported or ""):
+            events.append(Event("Warning", "PredictionMismatch", m.message(revision)))
     before = {n["name"] for n in old.get("incompatibleNodes") or []}
     newly = [n for n in inc_names[:MAX_LISTED_NODES] if n not in before]
     if newly:
         events.append(Event("Warning", "NodesIncompatible", f"cannot run revision {revision}: " + "; ".join(
             f"{n}: {incompatible[n][0]}" for n in newly[:EVENT_NODE_LIST])))
     return Plan(status=status, label_changes=label_changes, events=events, compatible=tuple(compatible),
-                incompatible=tuple(inc_names), selected=tuple(selected))
+                incompatible=tuple(inc_names), selected=tuple(selected), pending=tuple(sorted(pending)))
 
 
 def add_restart_condition(status: dict[str, Any], old_conditions: Sequence[Mapping[str, Any]], pending: Sequence[tuple[str, str]],

@@ -24,6 +24,7 @@ class Runtime:
     kube: Kube | None = None
     webhook: Webhook | None = None
     resync_seconds: float = 300.0
+    kernel_verification: str = "Required"  # --kernel-verification: Required or Advisory (armcpu_operator.plan)
     debounce_seconds: float = 0.2
     extra: dict[str, object] = field(default_factory=dict)
 

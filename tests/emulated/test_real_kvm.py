@@ -5,34 +5,29 @@ wherever the kernel is the one recorded."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from armcpu.model import can_run, combine
 from armcpu.profile import from_dict
-from armcpu_testing import emulated
+from armcpu_testing import emulated, truth
 from tests import emulated_checks as checks
+from tests.emulated.conftest import Phase1
 from tests.unit.test_emulated_recordings import MRS_EXCEPTIONS
 
 pytestmark = pytest.mark.emulated
-CPUS = ["cortex-a72", "cortex-a76", "neoverse-n1", "max"]
+CPUS = truth.CPUS
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[checks.Host]]:
-    if os.geteuid() != 0:
-        pytest.skip("building and booting the emulated hosts needs root (debootstrap, binfmt_misc); CI runs as root")
-    guest = emulated.build_guest()
-    runs = emulated.boot_all(guest, CPUS, tmp_path_factory.mktemp("emulated"))
+def hosts(phase1: Phase1) -> list[checks.Host]:
+    runs = phase1.runs
     out = []
     for (cpu, kernel), run in runs.items():
         assert run.files.get("kvm.rc") == b"0\n" and run.files.get("mrs.rc") == b"0\n", (cpu, kernel, run.console[-3000:])
         name = emulated.node_name(cpu, kernel)
         profiles = {k: from_dict(run.json(f"{k}.json"), name) for k in ("kvm", "mrs")}
         out.append(checks.Host(cpu, kernel, profiles["kvm"], profiles["mrs"], run.json("kvm-conversation.json")))
-    yield out
+    return out
 
 
 def test_every_host_passes_the_recording_checks(hosts: list[checks.Host]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
 from armcpu_operator import hookmaps, vms
 from armcpu_testing import thirdparty
 from armcpu_testing.controlplane import ControlPlane
+from node_agent.cpumodels import CpuModels
 from node_agent.publish import publish
 from tests.helpers import REPO
 from tests.operator_harness import add_node, make_profile, running_operator, wait_for
@@ -250,10 +252,18 @@ def test_agent_rbac_and_policy_with_a_pod_bound_token(control_plane: ControlPlan
     with pytest.raises(ApiError) as listing:
         kube.get("/api/v1/nodes")
     assert listing.value.status == 403
+    # the verifier's read-only view of the CpuModels: one LIST, then a WATCH
+    stop = threading.Event()
+    watched = CpuModels(kube, lambda: None, stop)
+    watched.start()
+    assert watched.synced.wait(30), "the agent could not list CpuModels"
+    time.sleep(1.0)
+    stop.set()
     used, _ = _used(control_plane, mark, user)
     granted = _granted(control_plane, "templates/agent-rbac.yaml")
     assert granted == {("", "nodes", "get"), ("", "nodes", "patch"), ("armcpu.io", "nodecpuprofiles", "get"),
-                       ("armcpu.io", "nodecpuprofiles", "create"), ("armcpu.io", "nodecpuprofiles", "update")}
+                       ("armcpu.io", "nodecpuprofiles", "create"), ("armcpu.io", "nodecpuprofiles", "update"),
+                       ("armcpu.io", "cpumodels", "list"), ("armcpu.io", "cpumodels", "watch")}
     assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
 
 

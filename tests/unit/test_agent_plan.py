@@ -49,3 +49,35 @@ def test_profile_object_is_owned_by_the_node_and_round_trips() -> None:
     changed = json.loads(json.dumps(obj))
     changed["spec"]["kernel"] = "6.19"
     assert plan.profile_needs_update(changed, obj)
+
+
+def _cpumodel(name: str, selector: dict[str, object], revision: int | None, registers: dict[str, str] | None,
+              live: list[dict[str, object]] | None = None) -> dict[str, object]:
+    status: dict[str, object] = {}
+    if revision is not None and registers is not None:
+        status = {"revision": revision, "model": {"registers": registers}}
+    if live:
+        status["liveRevisions"] = live
+    return {"metadata": {"name": name}, "spec": {"nodeSelector": selector}, "status": status}
+
+
+G4_REGS = {k: f"{v:#x}" for k, v in G4.registers.items()}
+NO_SHA3 = {**G4_REGS, "ID_AA64ISAR0_EL1": f"{G4.registers['ID_AA64ISAR0_EL1'] & ~(0xF << 32):#x}"}
+
+
+def test_verification_targets_are_the_current_and_live_revisions_of_models_selecting_the_node() -> None:
+    from armcpu.verification import verification_key
+
+    models = [
+        _cpumodel("mine", {"matchLabels": {"pool": "a"}}, 3, G4_REGS, live=[{"revision": 2, "registers": NO_SHA3}]),
+        _cpumodel("twin", {"matchLabels": {"pool": "a"}}, 1, G4_REGS),  # same registers: one verdict serves both
+        _cpumodel("other-pool", {"matchLabels": {"pool": "b"}}, 1, NO_SHA3),
+        _cpumodel("not-yet-computed", {"matchLabels": {"pool": "a"}}, None, None),
+        _cpumodel("broken-selector", {"matchExpressions": [{"key": "pool", "operator": "Bogus"}]}, 1, G4_REGS),
+        _cpumodel("bad-registers", {"matchLabels": {"pool": "a"}}, 1, {"NOPE_EL1": "0x1"}),
+    ]
+    targets = plan.verification_targets(models, {"pool": "a"})
+    assert [(t.model, t.revision) for t in targets] == [("mine", 3), ("mine", 2)]
+    assert targets[0].key == verification_key({k: int(v, 16) for k, v in G4_REGS.items()})
+    assert plan.verification_targets(models, {"pool": "c"}) == []
+    assert len(plan.verification_targets(models * 40, {"pool": "a"}, limit=1)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -17,6 +18,10 @@ from armcpu_operator import plan, spec
 from armcpu_operator.state import State
 from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import SHARED
+
+# These worlds are register dumps, not kernels: no verdict can arrive, so armcpu's rules decide (tests of the
+# verdicts themselves pass kernel_verification="Required").
+reconcile = functools.partial(plan.reconcile, kernel_verification="Advisory")
 
 KVM_GUEST = sorted(p.name for p in (SHARED / "cpus/kvm-guest").glob("*.json"))
 NOW, LATER = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
@@ -53,8 +58,8 @@ SPEC = {"nodeSelector": {"matchLabels": {"pool": "p"}}}
 def test_a_second_reconcile_of_the_same_world_changes_nothing(members: list[str], policy: str, settings_: dict[str, str]) -> None:
     nodes, profiles = world({f"n{i}": f for i, f in enumerate(members)})
     s = {**SPEC, "updatePolicy": policy, "features": settings_}
-    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW)
-    second = plan.reconcile(cpumodel(s, first.status), applied(nodes, first), profiles, LATER)
+    first = reconcile(cpumodel(s), nodes, profiles, NOW)
+    second = reconcile(cpumodel(s, first.status), applied(nodes, first), profiles, LATER)
     assert second.status == first.status
     assert second.label_changes == {}
     assert second.events == []
@@ -69,10 +74,10 @@ def test_a_second_reconcile_of_the_same_world_changes_nothing(members: list[str]
 
 def test_pinned_model_holds_when_a_weaker_node_joins_and_a_stronger_leaves() -> None:
     nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
-    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    first = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     assert first.status["revision"] == 1 and first.compatible == ("g4",)
     more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
-    second = plan.reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
+    second = reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
     assert second.status["revision"] == 1 and second.status["fingerprint"] == first.status["fingerprint"]
     assert second.incompatible == ("g3",) and second.label_changes == {}
     reasons = second.status["incompatibleNodes"][0]["reasons"]
@@ -80,7 +85,7 @@ def test_pinned_model_holds_when_a_weaker_node_joins_and_a_stronger_leaves() -> 
     assert [e.reason for e in second.events] == ["NodesIncompatible"]
     # the strong node leaves: a pinned model never rises or falls
     only_g3 = {"g3": more_nodes["g3"]}
-    third = plan.reconcile(cpumodel(SPEC, second.status), only_g3, {"g3": more_profiles["g3"]}, LATER)
+    third = reconcile(cpumodel(SPEC, second.status), only_g3, {"g3": more_profiles["g3"]}, LATER)
     assert third.status["fingerprint"] == first.status["fingerprint"] and third.status["revision"] == 1
     assert next(c for c in third.status["conditions"] if c["type"] == "Ready")["reason"] == "NoCompatibleNodes"
 
@@ -88,9 +93,9 @@ def test_pinned_model_holds_when_a_weaker_node_joins_and_a_stronger_leaves() -> 
 def test_follow_recomputes_and_counts_revisions() -> None:
     s = {**SPEC, "updatePolicy": "Follow"}
     nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
-    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW)
+    first = reconcile(cpumodel(s), nodes, profiles, NOW)
     more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
-    second = plan.reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER)
+    second = reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER)
     assert second.status["revision"] == 2 and set(second.compatible) == {"g3", "g4"}
     assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2"}, "g3": {"cpumodel.armcpu.io/m": "2"}}
     assert [e.reason for e in second.events] == ["ModelRevised"]
@@ -98,31 +103,31 @@ def test_follow_recomputes_and_counts_revisions() -> None:
 
 def test_spec_change_makes_a_new_revision_of_a_pinned_model() -> None:
     nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
-    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    first = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     changed = {**SPEC, "features": {"FEAT_SHA3": "Disabled"}}
-    second = plan.reconcile(cpumodel(changed, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    second = reconcile(cpumodel(changed, first.status, generation=2), applied(nodes, first), profiles, LATER)
     assert second.status["revision"] == 2 and "FEAT_SHA3" not in second.status["model"]["features"]
     assert "FEAT_SHA3" in first.status["model"]["features"]
 
 
 def test_invalid_spec_keeps_the_previous_revision_and_reports_once() -> None:
     nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
-    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    first = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     bad = {**SPEC, "features": {"FEAT_NOPE": "Disabled"}}
-    second = plan.reconcile(cpumodel(bad, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    second = reconcile(cpumodel(bad, first.status, generation=2), applied(nodes, first), profiles, LATER)
     assert second.label_changes == {}
     assert second.status["model"] == first.status["model"] and second.status["revision"] == 1
     invalid = next(c for c in second.status["conditions"] if c["type"] == "Invalid")
     assert invalid["status"] == "True" and invalid["message"] == "spec.features.FEAT_NOPE: unknown feature 'FEAT_NOPE'"
     assert [e.reason for e in second.events] == ["InvalidSpec"]
-    third = plan.reconcile(cpumodel(bad, second.status, generation=2), applied(nodes, first), profiles, LATER)
+    third = reconcile(cpumodel(bad, second.status, generation=2), applied(nodes, first), profiles, LATER)
     assert third.events == [] and third.status == second.status
 
 
 def test_labels_leave_nodes_outside_the_pool_and_foreign_keys_stay() -> None:
     nodes, profiles = world({"a": "graviton4-neoverse-v2-host6.18.json"})
     nodes["stray"] = {"pool": "other", "cpumodel.armcpu.io/m": "7", "cpumodel.armcpu.io/other": "1"}
-    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     assert result.label_changes == {"a": {"cpumodel.armcpu.io/m": "1"}, "stray": {"cpumodel.armcpu.io/m": None}}
     assert plan.removal("m", applied(nodes, result)) == {"a": {"cpumodel.armcpu.io/m": None}}
 
@@ -131,7 +136,7 @@ def test_mrs_or_missing_profiles_are_incompatible_with_reasons() -> None:
     nodes, profiles = world({"a": "graviton4-neoverse-v2-host6.18.json", "b": "graviton4-neoverse-v2-host6.18.json"})
     profiles["b"] = {**profiles["b"], "probe": "mrs"}
     nodes["c"] = {"pool": "p"}
-    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     listed = {n["name"]: n["reasons"][0] for n in result.status["incompatibleNodes"]}
     assert set(listed) == {"b", "c"} and "not kvm" in listed["b"] and "no NodeCpuProfile" in listed["c"]
 
@@ -140,9 +145,9 @@ def test_incompatible_list_is_capped_with_a_count() -> None:
     members = {f"n{i:02d}": "graviton2-neoverse-n1-host6.18.json" for i in range(25)}
     members["strong"] = "graviton4-neoverse-v2-host6.18.json"
     nodes, profiles = world({"strong": members.pop("strong")})
-    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    first = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     more_nodes, more_profiles = world({"strong": "graviton4-neoverse-v2-host6.18.json", **members})
-    second = plan.reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
+    second = reconcile(cpumodel(SPEC, first.status), applied(more_nodes, first), more_profiles, LATER)
     assert len(second.status["incompatibleNodes"]) == plan.MAX_LISTED_NODES
     assert second.status["incompatibleNodesOmitted"] == 25 - plan.MAX_LISTED_NODES
     assert second.status["nodes"] == {"selected": 26, "compatible": 1, "incompatible": 25}
@@ -191,7 +196,7 @@ def test_mixed_pool_without_writable_identity_registers_says_why() -> None:
     nodes, profiles = world({"a-g3": "graviton3-neoverse-v1-host6.18.json", "b-g4": "graviton4-neoverse-v2-host6.18.json"})
     for name in profiles:
         profiles[name] = {**profiles[name], "kvm": {**profiles[name]["kvm"], "writable_imp_id_regs": False}}
-    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     assert result.compatible == ("a-g3",)
     reasons = result.status["incompatibleNodes"][0]["reasons"]
     assert result.status["incompatibleNodes"][0]["name"] == "b-g4"
@@ -200,12 +205,12 @@ def test_mixed_pool_without_writable_identity_registers_says_why() -> None:
 
 def test_identity_from_chooses_the_midr_the_guest_sees() -> None:
     nodes, profiles = world({"a-g3": "graviton3-neoverse-v1-host6.18.json", "b-g4": "graviton4-neoverse-v2-host6.18.json"})
-    default = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
-    chosen = plan.reconcile(cpumodel({**SPEC, "identityFrom": "b-g4"}), nodes, profiles, NOW)
+    default = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    chosen = reconcile(cpumodel({**SPEC, "identityFrom": "b-g4"}), nodes, profiles, NOW)
     assert default.status["model"]["midr"] == profiles["a-g3"]["midr"]
     assert chosen.status["model"]["midr"] == profiles["b-g4"]["midr"]
     assert {i["midr"] for i in chosen.status["model"]["implementations"]} == {profiles["a-g3"]["midr"], profiles["b-g4"]["midr"]}
-    missing = plan.reconcile(cpumodel({**SPEC, "identityFrom": "nope"}), nodes, profiles, NOW)
+    missing = reconcile(cpumodel({**SPEC, "identityFrom": "nope"}), nodes, profiles, NOW)
     ready = next(c for c in missing.status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "NoModel" and "spec.identityFrom: 'nope' is not a selected node" in ready["message"]
 
@@ -216,7 +221,7 @@ def test_a_node_whose_ctr_differs_from_the_model_gets_a_warning() -> None:
     ctr = int(profiles["dic0"]["registers"]["CTR_EL0"], 16)
     profiles["dic1"] = {**profiles["dic1"], "registers": {**profiles["dic1"]["registers"], "CTR_EL0": hex(ctr | 1 << 29)}}
     profiles["dic0"] = {**profiles["dic0"], "registers": {**profiles["dic0"]["registers"], "CTR_EL0": hex(ctr & ~(1 << 29))}}
-    result = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
     assert set(result.compatible) == {"dic0", "dic1"}
     assert result.status["nodeWarnings"] == [{"name": "dic1", "message": "CTR_EL0.DIC differs from the node's: every guest CTR_EL0 read "
                                                                               "traps to KVM on this node (JITs notice)"}]
@@ -227,19 +232,19 @@ def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_r
     may only migrate to nodes that can run 1 as well: g4, not g3."""
     s = {**SPEC, "updatePolicy": "Follow"}
     nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
-    first = plan.reconcile(cpumodel(s), nodes, profiles, NOW, running={"1": 2})
+    first = reconcile(cpumodel(s), nodes, profiles, NOW, running={"1": 2})
     assert "liveRevisions" not in first.status
     more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
-    second = plan.reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER, running={"1": 2})
+    second = reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER, running={"1": 2})
     assert second.status["revision"] == 2
     assert [(e["revision"], e["nodes"]) for e in second.status["liveRevisions"]] == [(1, 1)]
     assert second.status["liveRevisions"][0]["registers"] == first.status["model"]["registers"]
     assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "r1.cpumodel.armcpu.io/m": "true"},
                                     "g3": {"cpumodel.armcpu.io/m": "2"}}
-    steady = plan.reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
+    steady = reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
                             running={"1": 1, "2": 1})
     assert steady.label_changes == {} and steady.status == second.status
-    restarted = plan.reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
+    restarted = reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
                                running={"2": 2})
     assert "liveRevisions" not in restarted.status
     assert restarted.label_changes == {"g4": {"r1.cpumodel.armcpu.io/m": None}}
@@ -256,3 +261,69 @@ def test_restart_pending_says_when_an_older_revision_has_nowhere_to_migrate() ->
     assert "no node can run both revision 2 and revision 3" in condition["message"]
     plan.add_restart_condition(status, status["conditions"], [], 5, LATER)
     assert [c["status"] for c in status["conditions"] if c["type"] == "RestartPending"] == ["False"]
+
+
+# ---------------------------------------------------------------- kernel verdicts (--kernel-verification)
+
+def _with_verdict(raw: dict[str, Any], registers: dict[str, str], accepted: bool, read: bool | None,
+                  disagreements: tuple[str, ...] = ()) -> dict[str, Any]:
+    from armcpu.verification import verification_key
+
+    key = verification_key({k: int(v, 16) for k, v in registers.items()})
+    entry = {"key": key, "model": "m", "revision": 1, "boot_id": "b", "accepted": accepted, "guest_read_matches": read,
+             "disagreements": list(disagreements)}
+    return {**raw, "verifications": [entry]}
+
+
+def test_required_verification_holds_nodes_pending_until_their_kernel_agrees() -> None:
+    nodes, profiles = world({"a": "graviton3-neoverse-v1-host6.18.json", "b": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW, kernel_verification="Required")
+    assert first.compatible == () and first.pending == ("a", "b") and first.label_changes == {}
+    assert first.status["nodes"]["pending"] == 2 and first.status["pendingNodes"] == ["a", "b"]
+    ready = next(c for c in first.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "VerificationPending"
+    registers = first.status["model"]["registers"]
+    profiles["a"] = _with_verdict(profiles["a"], registers, True, True)
+    second = plan.reconcile(cpumodel(SPEC, first.status), nodes, profiles, LATER, kernel_verification="Required")
+    assert second.compatible == ("a",) and second.pending == ("b",)
+    assert second.label_changes == {"a": {plan.label_key("m"): "1"}}
+    mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")
+    assert mismatch["status"] == "False"
+    # Advisory: the node without a verdict is not held back
+    advisory = plan.reconcile(cpumodel(SPEC, first.status), nodes, profiles, LATER, kernel_verification="Advisory")
+    assert advisory.compatible == ("a", "b") and advisory.pending == ()
+
+
+@pytest.mark.parametrize("policy", ["Required", "Advisory"])
+def test_a_kernel_that_refuses_what_the_rules_admit_is_incompatible_and_loud(policy: str) -> None:
+    nodes, profiles = world({"a": "graviton3-neoverse-v1-host6.18.json", "b": "graviton4-neoverse-v2-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW, kernel_verification="Advisory")
+    registers = first.status["model"]["registers"]
+    field = "ID_AA64ISAR1_EL1.BF16: model 0x0, node 0x1, KVM_SET_ONE_REG EINVAL, guest read not read"
+    profiles["a"] = _with_verdict(profiles["a"], registers, False, None, (field,))
+    profiles["b"] = _with_verdict(profiles["b"], registers, True, True)
+    second = plan.reconcile(cpumodel(SPEC, first.status), applied(nodes, first), profiles, LATER, kernel_verification=policy)
+    assert second.compatible == ("b",) and second.incompatible == ("a",)
+    assert second.label_changes == {"a": {plan.label_key("m"): None}}
+    reasons = next(n["reasons"] for n in second.status["incompatibleNodes"] if n["name"] == "a")
+    assert "kernel refused" in reasons[0] and "ID_AA64ISAR1_EL1.BF16" in reasons[0]
+    mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")
+    assert mismatch["status"] == "True" and "a: armcpu predicted it can run revision 1, its kernel refused it" in mismatch["message"]
+    assert "ID_AA64ISAR1_EL1.BF16" in mismatch["message"]
+    warned = [e for e in second.events if e.reason == "PredictionMismatch"]
+    assert len(warned) == 1 and warned[0].type == "Warning" and "ID_AA64ISAR1_EL1.BF16" in warned[0].message
+    # reported once: the same disagreement on the next reconcile raises no second Event, and writes nothing
+    third = plan.reconcile(cpumodel(SPEC, second.status), applied(applied(nodes, first), second), profiles, LATER, kernel_verification=policy)
+    assert [e for e in third.events if e.reason == "PredictionMismatch"] == [] and third.status == second.status
+
+
+def test_a_kernel_that_runs_what_the_rules_refuse_is_reported_too() -> None:
+    nodes, profiles = world({"a": "graviton3-neoverse-v1-host6.18.json"})
+    first = plan.reconcile(cpumodel(SPEC), nodes, profiles, NOW, kernel_verification="Advisory")
+    registers = first.status["model"]["registers"]
+    nodes2, profiles2 = world({"a": "graviton3-neoverse-v1-host6.18.json", "old": "graviton3-neoverse-v1-host6.1.json"})
+    profiles2["old"] = _with_verdict(profiles2["old"], registers, True, True)
+    second = plan.reconcile(cpumodel(SPEC, first.status), nodes2, profiles2, LATER, kernel_verification="Advisory")
+    assert "old" in second.incompatible  # the rules still decide a refusal; the report says they may be too strict
+    mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")
+    assert mismatch["status"] == "True" and "old: armcpu predicted it cannot run revision 1, its kernel ran it" in mismatch["message"]
