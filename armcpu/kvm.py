@@ -25,6 +25,10 @@ RULE_OVERRIDES: Mapping[tuple[str, str], tuple[Rule, int]] = {
 # value userspace may still write (sys_regs.c; the truth matrix: a 6.12 view written on 7.3).
 IGNORED_WRITES: frozenset[tuple[str, str]] = frozenset({("ID_AA64MMFR2_EL1", "NV")})
 
+# Registers whose writable fields KVM takes at any value, without the feature-register safe-value check:
+# CLIDR_EL1 (set_clidr checks RES0 bits and the IDC rule only; armcpu.model.clidr_implies_idc).
+UNCHECKED_WRITABLE: frozenset[str] = frozenset({"CLIDR_EL1"})
+
 # Fields whose guest value is set by a vCPU feature flag rather than by writing the register:
 # with the feature off KVM's limit is 0 there, so a model that has them all at 0 runs on any node.
 VCPU_FEATURE_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = {

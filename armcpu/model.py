@@ -78,10 +78,17 @@ def _clidr_for(ctr: int, profiles: Sequence[Profile], folded: int) -> int:
     none has them is the field fold kept (and ``can_run`` checks it against each node).
     """
     want = _ctr_coherence(ctr)
-    for p in profiles:
-        if "CLIDR_EL1" in p.registers and _ctr_coherence(p.value("CTR_EL0")) == want:
-            return p.value("CLIDR_EL1")
-    return folded
+    matching = [p.value("CLIDR_EL1") for p in profiles if "CLIDR_EL1" in p.registers and _ctr_coherence(p.value("CTR_EL0")) == want]
+    reg = catalog.register("CLIDR_EL1")
+    # the member asking for the most maintenance (order-independent: the same pool gives the same model)
+    chosen = max(matching, key=lambda v: (reg.field("LoUU").extract(v), reg.field("LoUIS").extract(v), reg.field("LoC").extract(v), v),
+                 default=folded)
+    if want[0] == 0 and clidr_implies_idc(chosen):
+        # without IDC a CLIDR must not claim it (KVM refuses it): what KVM fabricates then has LoUU = LoUIS = 1
+        for name in ("LoUU", "LoUIS", "LoC"):
+            fld = reg.field(name)
+            chosen = fld.insert(chosen, max(1, fld.extract(chosen)))
+    return chosen
 
 
 def clidr_implies_idc(clidr: int) -> bool:
@@ -305,6 +312,8 @@ def can_run(node: Profile, model: Model) -> CanRun:
                 rule = "KVM accepts a written value here but ignores it: the guest reads the node's value (measured on Linux 7.3)"
             elif not writable:
                 rule = "not writable on this node: must equal the node's value"
+            elif reg.name in kvm.UNCHECKED_WRITABLE:
+                continue  # any value of its writable fields (set_clidr checks only the IDC rule below)
             elif kvm.safe_value(fld, fm, fn) != fm:
                 eff, safe = kvm.effective_rule(fld)
                 rule = f"KVM's {eff.value} rule refuses it"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from armcpu import catalog
 
 ACCEPTED = "accepted"
-ABSENT = "ENOENT"  # the kernel does not know the register: its guest reads it as zero (RAZ)
+ABSENT = "ENOENT"
+NOT_WRITTEN = "not written"  # the kernel does not know the register: its guest reads it as zero (RAZ)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Verdict:
         out: list[FieldDisagreement] = []
         for a in self.answers:
             seen = a.guest_read
+            if a.answer == NOT_WRITTEN:
+                continue  # never asked: the vCPU could not be set up (``run_error`` says why)
             if not a.refused and (seen is None or seen == a.written):
                 continue
             node = self.node_view.get(a.name, 0)
@@ -113,7 +116,7 @@ def verdict(
     """Assemble a verdict from the model, the node's view, KVM's answer per register and the guest's reads."""
     order = {name: i for i, name in enumerate(catalog.registers())}
     rows = tuple(
-        RegisterAnswer(name, value, answers.get(name, "not written"), None if guest is None else guest.get(name))
+        RegisterAnswer(name, value, answers.get(name, NOT_WRITTEN), None if guest is None else guest.get(name))
         for name, value in sorted(model.items(), key=lambda kv: order.get(kv[0], len(order)))
     )
     return Verdict(answers=rows, node_view=dict(node_view), ran=guest is not None and run_error is None,

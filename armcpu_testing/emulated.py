@@ -179,6 +179,11 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
     start = time.monotonic()
     _run(f"QEMU for {cpu} with Linux {kernel}", command, timeout)
     seconds = time.monotonic() - start
+    return Run(cpu=cpu, kernel=kernel, files=read_out(out_disk), console=console.read_text(errors="replace"), seconds=seconds)
+
+
+def read_out(out_disk: Path) -> dict[str, bytes]:
+    """The files the guest wrote onto its output disk (a tar stream); {} when it wrote nothing."""
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(out_disk, "r:") as tar:
@@ -187,9 +192,14 @@ def boot(guest: Guest, cpu: str, kernel: str, site: Path, workdir: Path, timeout
                     extracted = tar.extractfile(member)
                     assert extracted is not None
                     files[member.name.removeprefix("./")] = extracted.read()
-    except tarfile.ReadError:
+    except (tarfile.ReadError, FileNotFoundError):
         pass  # the guest wrote nothing: the caller reports the console
-    return Run(cpu=cpu, kernel=kernel, files=files, console=console.read_text(errors="replace"), seconds=seconds)
+    return files
+
+
+def runs_in(workdir: Path, hosts: list[tuple[str, str]]) -> dict[tuple[str, str], Run]:
+    """The runs a kept ``--workdir`` holds (to recompute from them without booting again)."""
+    return {h: Run(h[0], h[1], read_out(workdir / node_name(*h) / "out.raw"), "", 0.0) for h in hosts}
 
 
 def boot_all(guest: Guest, cpus: list[str], workdir: Path, kernels: list[str] | None = None,

@@ -23,12 +23,14 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from armcpu.model import can_run, combine, model_of
+from armcpu.migration import can_move, stock_destination
+from armcpu.model import Model, can_run, combine, model_of
 from armcpu.profile import Profile, from_dict, hex64
+from armcpu.verification import verification_key
 from armcpu_testing import emulated
 
 CPUS = ["cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1", "neoverse-n2", "max"]
@@ -126,9 +128,13 @@ def _pair_partners(profiles: Mapping[Host, Profile], h: Host) -> list[Host]:
     return out
 
 
-def stock_node(profile: Profile) -> Profile:
-    """The node as stock QEMU uses it: QEMU never enables KVM_CAP_ARM_WRITABLE_IMP_ID_REGS."""
-    return replace(profile, kvm=replace(profile.kvm, writable_imp_id_regs=False))
+def move_model(profiles: Mapping[Host, Profile], save_id: str, source: Host) -> Model:
+    """The model a saved guest was started with: the source's own view, or a pool's common model."""
+    if save_id.startswith("raw:"):
+        return model_of(profiles[source])
+    names = save_id.split(":", 1)[1].split("+")
+    hosts = _hosts_by_name(profiles)
+    return combine([profiles[hosts[n]] for n in names]).model
 
 
 def measure(guest: emulated.Guest, workdir: Path, profiles: Mapping[Host, Profile]) -> dict[str, Any]:
@@ -146,9 +152,15 @@ def measure(guest: emulated.Guest, workdir: Path, profiles: Mapping[Host, Profil
         phase2[h] = _work({"node": names[h], "stock_save": True, "save": saves,
                            "verify": [{"id": j.id, "model": _encode(j.registers), "record": _recorded(j)} for j in jobs]})
     runs2 = emulated.boot_all(guest, sorted({h[0] for h in profiles}), workdir / "phase2", work=phase2)
+    return phase3(guest, workdir, profiles, by_host, runs2)
+
+
+def phase3(guest: emulated.Guest, workdir: Path, profiles: Mapping[Host, Profile], by_host: Mapping[Host, list[Job]],
+           runs2: Mapping[Host, emulated.Run]) -> dict[str, Any]:
+    names = {h: emulated.node_name(*h) for h in profiles}
     results2 = {h: _results(r) for h, r in runs2.items()}
 
-    phase3: dict[Host, emulated.Work] = {}
+    phase3_work: dict[Host, emulated.Work] = {}
     for b in profiles:
         files: list[tuple[str, bytes]] = []
         resume, stock = [], []
@@ -165,8 +177,16 @@ def measure(guest: emulated.Guest, workdir: Path, profiles: Mapping[Host, Profil
                 file = f"stock-{len(files)}.mig"
                 files.append((file, mig))
                 stock.append({"id": names[a], "file": file})
-        phase3[b] = _work({"node": names[b], "resume": resume, "stock_resume": stock}, files)
-    runs3 = emulated.boot_all(guest, sorted({h[0] for h in profiles}), workdir / "phase3", work=phase3)
+        phase3_work[b] = _work({"node": names[b], "resume": resume, "stock_resume": stock}, files)
+    runs3 = emulated.boot_all(guest, sorted({h[0] for h in profiles}), workdir / "phase3", work=phase3_work)
+    return assemble(profiles, by_host, runs2, runs3)
+
+
+def assemble(profiles: Mapping[Host, Profile], by_host: Mapping[Host, list[Job]], runs2: Mapping[Host, emulated.Run],
+             runs3: Mapping[Host, emulated.Run]) -> dict[str, Any]:
+    """The matrix and the moves from what the hosts wrote (predictions are computed here, with today's rules)."""
+    names = {h: emulated.node_name(*h) for h in profiles}
+    results2 = {h: _results(r) for h, r in runs2.items()}
     results3 = {h: _results(r) for h, r in runs3.items()}
     conversations = {(names[h], job_id): (doc["conversation"], {r["name"]: r["written"] for r in doc["registers"]})
                      for h, r in results2.items() for job_id, doc in r["verify"].items() if "conversation" in doc}
@@ -183,9 +203,11 @@ def matrix(profiles: Mapping[Host, Profile], by_host: Mapping[Host, list[Job]], 
     for h, jobs in sorted(by_host.items(), key=lambda kv: emulated.node_name(*kv[0])):
         for job in jobs:
             doc = results[h]["verify"].get(job.id)
-            models[model_of_registers(job.registers)] = _encode(job.registers)
-            cell: dict[str, Any] = {"host": {"cpu": h[0], "kernel": h[1]}, "model": {"kind": job.kind, "members": list(job.members),
-                                                                                    "fingerprint": model_of_registers(job.registers)}}
+            # the model as it was written (what the kernel judged), not as today's combine would make it
+            written = {r["name"]: int(r["written"], 16) for r in doc["registers"]} if doc is not None else dict(job.registers)
+            models[verification_key(written)] = _encode(written)  # the key covers MIDR/REVIDR/AIDR, the fingerprint does not
+            cell: dict[str, Any] = {"host": {"cpu": h[0], "kernel": h[1]}, "model": {
+                "kind": job.kind, "members": list(job.members), "key": verification_key(written), "fingerprint": model_of_registers(written)}}
             if doc is None:
                 cell.update({"predicted": can_run(profiles[h], _model(job.registers)).ok, "accepted": None, "guest_read_matches": None,
                              "error": "not verified"})
@@ -213,25 +235,24 @@ def moves(profiles: Mapping[Host, Profile], results2: Mapping[Host, Mapping[str,
             save_id, _, source = move_id.rpartition("@")
             a = hosts[source]
             kind = "raw-view" if save_id.startswith("raw:") else "armcpu-model"
-            # a raw view is the source's own registers; a pool model was only sent where armcpu says both run it
-            predicted = can_run(profiles[b], model_of(profiles[a])).ok if kind == "raw-view" else True
+            predicted = can_move(profiles[a], profiles[b], move_model(profiles, save_id, a)).ok
             matches = r["reads"] == r["source_reads"] if r["reads"] is not None else None
             out.append({"from": {"cpu": a[0], "kernel": a[1]}, "to": {"cpu": b[0], "kernel": b[1]}, "kind": kind, "model": save_id,
                         "predicted": predicted, "result": "ok" if r["reads"] is not None and not r["refused"] else "refused",
                         "guest_reads_match": matches, "error": r["run_error"], "refused_registers": r["refused"]})
         for source, r in sorted(res["stock_resumed"].items()):
             a = hosts[source]
-            predicted = can_run(stock_node(profiles[b]), model_of(profiles[a])).ok
+            predicted = can_move(profiles[a], stock_destination(profiles[b]), model_of(profiles[a])).ok
             sent = results2[a]["stock_saved"].get("self", {})
             matches = None if r["reads"] is None else r["reads"] == sent.get("reads")
             out.append({"from": {"cpu": a[0], "kernel": a[1]}, "to": {"cpu": b[0], "kernel": b[1]}, "kind": "stock-qemu",
                         "predicted": predicted, "result": "ok" if r["status"] == "completed" else "refused",
-                        "guest_reads_match": matches, "error": None if r["status"] == "completed" else (r["error"] or r["qemu_output"])})
+                        "guest_reads_match": matches,
+                        "error": None if r["status"] == "completed" else (r["qemu_output"] or r["error"])})
     return {"moves": out}
 
 
-def _model(registers: Mapping[str, int]) -> Any:
-    from armcpu.model import Model
+def _model(registers: Mapping[str, int]) -> Model:
     return Model(registers=dict(registers))
 
 
@@ -255,7 +276,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", nargs="+", default=CPUS)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--record-into", type=Path, default=None, help="write truth-matrix.json, guest-moves.json and the recordings here")
+    p.add_argument("--reassemble", type=Path, default=None, metavar="WORKDIR",
+                   help="boot nothing: recompute the matrix and moves (today's rules) from what a kept --workdir holds")
+    p.add_argument("--tables", type=Path, default=None, metavar="DIR",
+                   help="boot nothing: print the Markdown tables of the recordings in DIR (docs/truth.md shows them)")
     args = p.parse_args(argv)
+    if args.reassemble:
+        guest = emulated.build_guest()
+        hosts = [(cpu, kernel) for kernel in guest.kernels for cpu in args.cpus]
+        runs = emulated.runs_in(args.reassemble / "phase1", hosts)
+        profiles = {h: from_dict(r.json("kvm.json"), emulated.node_name(*h)) for h, r in runs.items()}
+        result = assemble(profiles, verify_jobs(profiles), emulated.runs_in(args.reassemble / "phase2", hosts),
+                          emulated.runs_in(args.reassemble / "phase3", hosts))
+        if args.record_into:
+            for run in runs.values():
+                emulated.record(run, guest, args.record_into)
+            write_fixtures(result, guest, args.record_into)
+        print(json.dumps(summarise(result), indent=1))
+        return 0
+    if args.tables:
+        matrix = json.loads((args.tables / "truth-matrix.json").read_text())
+        sys.stdout.write(tables(matrix, json.loads((args.tables / "guest-moves.json").read_text())))
+        return 0
     guest = emulated.build_guest()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
@@ -276,7 +318,8 @@ def write_fixtures(result: Mapping[str, Any], guest: emulated.Guest, into: Path)
     for (host, job_id), (conversation, registers) in result["conversations"].items():
         probe = json.loads((into / host / "kvm-conversation.json").read_text())
         name = "verify-own.json" if job_id.startswith("own:") else f"verify-{job_id.replace(':', '-')}.json"
-        doc = {"model": {"id": job_id, "registers": registers},
+        measured = json.loads((into / host / "profile-kvm.json").read_text())
+        doc = {"kernel": measured.get("kernel"), "guest_view": measured.get("guest_view"), "model": {"id": job_id, "registers": registers},
                "probe": {k: probe[k] for k in ("calls", "one_reg", "writable_masks") if k in probe}, "verify": conversation}
         (into / host / name).write_text(json.dumps(doc, indent=1) + "\n")
     info = guest.info
@@ -299,9 +342,6 @@ def summarise(result: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": result["seconds"],
     }
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _short(cpu: str) -> str:
@@ -327,24 +367,39 @@ def tables(matrix: Mapping[str, Any], moves: Mapping[str, Any]) -> str:
                    f"{agree} of {len(mine)} |")
     out.append("")
     rows = moves["moves"]
-    for kind, title in (("armcpu-model", "armcpu's model (verifier save/restore)"), ("raw-view", "the source's raw view (verifier save/restore)"),
-                        ("stock-qemu", "stock QEMU (`migrate file:` / `-incoming`)")):
+
+    def word(m: Mapping[str, Any] | None) -> str:
+        if m is None:
+            return "·"
+        return ("ok" if m["guest_reads_match"] else "ok, reads differ") if m["result"] == "ok" else "refused"
+
+    out.append("Guest moves (row: from, column: to; **ok** = restored, and the guest read what it read before; **refused** = "
+               "the destination refused it; · = not tried, because armcpu does not call that pool movable; the diagonal is "
+               "each host taking back its own guest after a reboot, the control). Every cell ended as `can_move` predicted.")
+    out.append("")
+    for kind, title in (("armcpu-model", "armcpu's pool model (verifier save/restore)"), ("raw-view", "the source's raw view (verifier save/restore)"),
+                        ("stock-qemu", "stock QEMU 10.0 (`migrate file:` / `-incoming`)")):
         for kernel in sorted({m["from"]["kernel"] for m in rows}, key=emulated.release_key):
-            these = [m for m in rows if m["kind"] == kind and m["from"]["kernel"] == kernel]
+            these = [m for m in rows if m["kind"] == kind and m["from"]["kernel"] == kernel == m["to"]["kernel"]]
             if not these:
                 continue
             cpus = sorted({m["from"]["cpu"] for m in these} | {m["to"]["cpu"] for m in these})
-            out.append(f"**{title}, Linux {kernel}** (row: from, column: to; ok = restored and the guest read the same; "
-                       "refused = the destination refused it; · = not tried)")
-            out.append("")
-            out.append("| from \\ to | " + " | ".join(_short(c) for c in cpus) + " |")
-            out.append("|---|" + "---|" * len(cpus))
+            out += [f"**{title}, Linux {kernel}**", "", "| from \\ to | " + " | ".join(_short(c) for c in cpus) + " |",
+                    "|---|" + "---|" * len(cpus)]
             for a in cpus:
-                row = []
-                for b in cpus:
-                    m = next((m for m in these if m["from"]["cpu"] == a and m["to"]["cpu"] == b), None)
-                    row.append("—" if a == b else "·" if m is None else ("ok" if m["result"] == "ok" and m["guest_reads_match"] else
-                                                                           "ok, reads differ" if m["result"] == "ok" else "refused"))
-                out.append(f"| {_short(a)} | " + " | ".join(row) + " |")
+                cells_ = [word(next((m for m in these if m["from"]["cpu"] == a and m["to"]["cpu"] == b), None)) for b in cpus]
+                out.append(f"| {_short(a)} | " + " | ".join(cells_) + " |")
             out.append("")
+    across = [m for m in rows if m["from"]["kernel"] != m["to"]["kernel"]]
+    if across:
+        out += ["**Between kernels** (the same CPU, one kernel to the other)", "", "| kind | CPU | from | to | result | why |", "|---|---|---|---|---|---|"]
+        for m in sorted(across, key=lambda m: (m["kind"], m["from"]["cpu"], emulated.release_key(m["from"]["kernel"]))):
+            why = (m["error"] or "").strip().splitlines()
+            out.append(f"| {m['kind']} | {m['from']['cpu']} | {m['from']['kernel'].split('+')[0]} | {m['to']['kernel'].split('+')[0]} | "
+                       f"{word(m)} | {(why[0] if why else '')[:110].replace('|', '/')} |")
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

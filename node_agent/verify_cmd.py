@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import os
 import socket
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 
 from armcpu.model import Model, can_run
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
-from armcpu.verification import Verdict, verdict
+from armcpu.verification import Verdict, verdict, verification_key
 from node_agent.collect import NotArm64, Sources, collect
 from node_agent.probes import ProbeError, kvm_replay, kvm_session, kvm_verify
 
@@ -82,7 +83,8 @@ def report(node: Profile, model: dict[str, int], guest: kvm_verify.Guest, result
     return {
         "node": node.name,
         "kernel": node.kernel,
-        "model": {"fingerprint": Model(registers=model).fingerprint, "midr": f"0x{model.get('MIDR_EL1', 0):08x}"},
+        "model": {"fingerprint": Model(registers=model).fingerprint, "key": verification_key(model),
+                  "midr": f"0x{model.get('MIDR_EL1', 0):08x}"},
         "predicted": prediction.ok,
         "prediction": [r.message() for r in prediction.refusals],
         "accepted": result.accepted,
@@ -120,9 +122,14 @@ def main(argv: list[str]) -> int:
     try:
         model = model_registers(_read_json(args.model), str(args.model))
         probe_backend, session = _backends(args)
+        recorded = _read_json(args.kvm_replay) if args.kvm_replay else {}
         sources = Sources(root=args.host_root, machine="aarch64" if args.kvm_replay else os.uname().machine, kvm=probe_backend,
                           guest=None if args.kvm_replay else (lambda: kvm_session.LinuxKvm(args.host_root)))
         node = collect(args.node_name, sources)
+        if args.kvm_replay:  # the recorded node's kernel and guest view (measured there), not this machine's
+            guest_view = recorded.get("guest_view")
+            node = replace(node, kernel=recorded.get("kernel"),
+                           guest_view=None if guest_view is None else model_registers({"registers": guest_view}, f"{args.kvm_replay}: guest_view"))
         if node.probe != "kvm":
             raise VerifyError(f"this node has no usable KVM ({'; '.join(sources.skipped) or node.probe}): nothing to verify with")
         guest, result = verify_on(node, model, session)
@@ -131,7 +138,10 @@ def main(argv: list[str]) -> int:
         return 2
     if args.kvm_record:
         assert isinstance(probe_backend, kvm_replay.Recorder) and isinstance(session, kvm_session.Recorder)
-        args.kvm_record.write_text(json.dumps({"probe": probe_backend.recording(), "verify": session.recording()}, indent=1) + "\n")
+        recording = {"kernel": node.kernel,
+                     "guest_view": None if node.guest_view is None else {k: hex64(v) for k, v in node.guest_view.items()}, "model": {"registers": {k: hex64(v) for k, v in model.items()}},
+                     "probe": probe_backend.recording(), "verify": session.recording()}
+        args.kvm_record.write_text(json.dumps(recording, indent=1) + "\n")
     doc = report(node, model, guest, result)
     sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.output == "json" else _text(doc))
     return 0 if result.ok else 1

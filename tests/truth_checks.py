@@ -49,26 +49,31 @@ def check_matrix(matrix: Mapping[str, Any]) -> None:
 
 def comparable(matrix: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """What a re-measurement must reproduce: per cell, the model and every verdict."""
-    return sorted((c["host"]["cpu"], c["host"]["kernel"], c["model"]["kind"], tuple(c["model"]["members"]), c["model"]["fingerprint"],
+    return sorted((c["host"]["cpu"], c["host"]["kernel"], c["model"]["kind"], tuple(c["model"]["members"]), c["model"]["key"],
                    c["predicted"], c["accepted"], c["guest_read_matches"], tuple(c.get("refused", ()))) for c in matrix["cells"])
 
 
+def _end(m: Mapping[str, Any], side: str) -> tuple[str, str]:
+    return m[side]["cpu"], m[side]["kernel"]
+
+
 def check_moves(moves: Mapping[str, Any]) -> None:
-    """Every pool model armcpu calls compatible moves both ways with the guest reading the same; a raw
-    view is refused by the destination's KVM exactly where armcpu predicts."""
+    """Every move ended as armcpu predicted (``armcpu.migration.can_move``), for all three kinds; a move
+    that completed let the guest read exactly what it read before; every pool model armcpu says can
+    move, moved both ways; and each host took back its own guest (the control)."""
     rows = moves["moves"]
-    armcpu = [m for m in rows if m["kind"] == "armcpu-model"]
-    assert armcpu, "no guest moved with an armcpu model"
-    bad = [m for m in armcpu if m["result"] != "ok" or m["guest_reads_match"] is not True]
-    assert bad == [], bad[:3]
-    pairs = {(m["from"]["cpu"], m["to"]["cpu"], m["from"]["kernel"]) for m in armcpu}
-    assert all((b, a, k) in pairs for a, b, k in pairs), "a pool model must move in both directions"
-    raw = [m for m in rows if m["kind"] == "raw-view"]
-    assert raw and all(m["result"] == ("ok" if m["predicted"] else "refused") for m in raw), \
-        [m for m in raw if m["result"] != ("ok" if m["predicted"] else "refused")][:3]
-    assert all(m["guest_reads_match"] is True for m in raw if m["result"] == "ok")
-    stock = [m for m in rows if m["kind"] == "stock-qemu"]
-    assert stock, "stock QEMU moved nothing"
+    assert {m["kind"] for m in rows} == {"armcpu-model", "raw-view", "stock-qemu"}
+    wrong = [m for m in rows if m["result"] != ("ok" if m["predicted"] else "refused")]
+    assert wrong == [], f"{len(wrong)} moves ended otherwise than predicted: {wrong[:3]}"
+    assert all(m["guest_reads_match"] is True for m in rows if m["result"] == "ok")
+    between = {(_end(m, "from"), _end(m, "to")) for m in rows if m["kind"] == "armcpu-model" and m["result"] == "ok"
+               and _end(m, "from") != _end(m, "to")}
+    assert between, "no pool model moved between two different hosts"
+    assert all((b, a) in between for a, b in between), "a pool model must move in both directions"
+    for kind in ("raw-view", "stock-qemu"):
+        hosts = {_end(m, "from") for m in rows if m["kind"] == kind}
+        home = {_end(m, "from") for m in rows if m["kind"] == kind and _end(m, "from") == _end(m, "to") and m["result"] == "ok"}
+        assert home == hosts, f"{kind}: hosts that could not take back their own guest: {sorted(hosts - home)}"
 
 
 def comparable_moves(moves: Mapping[str, Any]) -> list[tuple[Any, ...]]:

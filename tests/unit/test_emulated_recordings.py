@@ -15,14 +15,14 @@ from tests import emulated_checks as checks
 
 HOSTS = checks.load_recordings()
 IDS = [h.kvm.name for h in HOSTS]
-# SSBS reads 0 at EL0 but 2 in KVM's guest view on Neoverse-N1 and Cortex-A76, and agrees on Cortex-A72
-# (no SSBS) and `max`: consistent with Linux hiding SSBS from user space on CPUs listed for Arm erratum
-# 3194386 (both are; `max` has a MIDR of its own).
-MRS_EXCEPTIONS = {"neoverse-n1": {("ID_AA64PFR1_EL1", "SSBS")}, "cortex-a76": {("ID_AA64PFR1_EL1", "SSBS")}}
+# SSBS reads 0 at EL0 but 2 in KVM's guest view on Neoverse-N1, Cortex-A76, Neoverse-V1 and Neoverse-N2, and
+# agrees on Cortex-A72 (no SSBS) and `max`: consistent with Linux hiding SSBS from user space on CPUs listed
+# for Arm erratum 3194386 (all four are; `max` has a MIDR of its own).
+MRS_EXCEPTIONS = {cpu: {("ID_AA64PFR1_EL1", "SSBS")} for cpu in ("neoverse-n1", "cortex-a76", "neoverse-v1", "neoverse-n2")}
 
 
-def test_recordings_cover_four_cpu_models_under_two_kernels() -> None:
-    assert {h.cpu for h in HOSTS} >= {"cortex-a72", "cortex-a76", "neoverse-n1", "max"}
+def test_recordings_cover_six_cpu_models_under_two_kernels() -> None:
+    assert {h.cpu for h in HOSTS} >= {"cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1", "neoverse-n2", "max"}
     assert len({h.kernel for h in HOSTS}) >= 2 and len(HOSTS) == len({h.cpu for h in HOSTS}) * len({h.kernel for h in HOSTS})
 
 
