@@ -22,8 +22,9 @@ PATH = "/apis/armcpu.io/v1alpha1/cpumodels"
 class CpuModels:
     """The CpuModels as last seen; ``changed`` is called (from the watch thread) after each event."""
 
-    def __init__(self, kube: Kube, changed: Callable[[], None], stop: threading.Event) -> None:
+    def __init__(self, kube: Kube, changed: Callable[[], None], stop: threading.Event, watch_seconds: int = 290) -> None:
         self.kube, self.changed, self.stop = kube, changed, stop
+        self.watch_seconds = watch_seconds  # the server ends each watch after this; the loop lists again
         self.lock = threading.Lock()
         self.items: dict[str, Mapping[str, Any]] = {}
         self.synced = threading.Event()
@@ -47,7 +48,7 @@ class CpuModels:
                 self.synced.set()
                 self.changed()
                 version = listing["metadata"]["resourceVersion"]
-                for event in self.kube.watch(PATH, version):
+                for event in self.kube.watch(PATH, version, timeout_seconds=self.watch_seconds):
                     if self.stop.is_set():
                         return
                     if self._apply(event):

@@ -100,9 +100,9 @@ class Agent:
             self.wake.set()
 
     def _with_verdicts(self, profile: Any, node: dict[str, Any]) -> Any:
+        self.node_labels = dict(node["metadata"].get("labels") or {})  # before the check: the watch compares with them
         if self.verifier is None or self.cpumodels is None or not self.cpumodels.synced.is_set():
             return profile
-        self.node_labels = dict(node["metadata"].get("labels") or {})
         targets = plan.verification_targets(self.cpumodels.snapshot(), self.node_labels)
         self.wanted = frozenset(t.key for t in targets)
         verdicts = self.verifier.verdicts(profile, targets)

@@ -86,6 +86,7 @@ class Replay:
 
     def open(self, path: Path) -> int:
         self.open_path = path
+        self.position = 0  # every probe starts its conversation again: a replaying agent probes every cycle
         return _FDS["kvm"]
 
     def close(self, fd: int) -> None:

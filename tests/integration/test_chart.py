@@ -254,10 +254,10 @@ def test_agent_rbac_and_policy_with_a_pod_bound_token(control_plane: ControlPlan
     assert listing.value.status == 403
     # the verifier's read-only view of the CpuModels: one LIST, then a WATCH
     stop = threading.Event()
-    watched = CpuModels(kube, lambda: None, stop)
+    watched = CpuModels(kube, lambda: None, stop, watch_seconds=1)  # the audit log records a watch when it ends
     watched.start()
     assert watched.synced.wait(30), "the agent could not list CpuModels"
-    time.sleep(1.0)
+    time.sleep(3.0)
     stop.set()
     used, _ = _used(control_plane, mark, user)
     granted = _granted(control_plane, "templates/agent-rbac.yaml")

@@ -18,7 +18,7 @@ import pytest
 
 from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_testing.controlplane import ControlPlane
-from armcpu_testing.waiting import wait_for
+from armcpu_testing.waiting import WaitTimeout, wait_for
 from tests.emulated_checks import RECORDINGS
 from tests.helpers import REPO
 from tests.operator_harness import running_operator
@@ -78,6 +78,14 @@ def agents(control_plane: ControlPlane, admin: Kube) -> Iterator[dict[str, Path]
             proc.wait(timeout=20)
 
 
+def _wait(predicate: Any, what: str, op: Any, logs: Path) -> None:
+    try:
+        wait_for(predicate, 90, what)
+    except WaitTimeout:
+        agents = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(logs.glob("*.log")))
+        raise AssertionError(f"{what}: not reached\n--- operator\n{op.logs()[-3000:]}\n{agents}") from None
+
+
 def _status(admin: Kube, name: str) -> dict[str, Any]:
     obj = admin.get_or_none(f"/apis/armcpu.io/v1alpha1/cpumodels/{name}")
     return dict((obj or {}).get("status") or {})
@@ -88,6 +96,7 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 def test_only_nodes_whose_kernel_agreed_are_labelled(control_plane: ControlPlane, admin: Kube, agents: dict[str, Path]) -> None:
+    logs = agents["kv-bad"].parent
     with running_operator(control_plane, identity="kv-op", kernel_verification="Required") as op:
         for node in agents:
             control_plane.kubectl("apply", "-f", "-", input=json.dumps({
@@ -95,7 +104,7 @@ def test_only_nodes_whose_kernel_agreed_are_labelled(control_plane: ControlPlane
                 "spec": {"nodeSelector": {"matchLabels": {"kv-pool": node}}}}))
 
         # the node whose kernel accepted the model and whose guest read it back: compatible and labelled
-        wait_for(lambda: _status(admin, "kv-good").get("nodes", {}).get("compatible") == 1, 90, "kv-good compatible", op.logs)
+        _wait(lambda: _status(admin, "kv-good").get("nodes", {}).get("compatible") == 1, "kv-good compatible", op, logs)
         good = admin.get("/api/v1/nodes/kv-good")["metadata"]["labels"]
         assert good.get("cpumodel.armcpu.io/kv-good") == "1"
         profile = admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles/kv-good")["spec"]
@@ -106,7 +115,7 @@ def test_only_nodes_whose_kernel_agreed_are_labelled(control_plane: ControlPlane
         def bad_reported() -> bool:
             return _condition(_status(admin, "kv-bad"), "PredictionMismatch").get("status") == "True"
 
-        wait_for(bad_reported, 90, "kv-bad's mismatch reported", op.logs)
+        _wait(bad_reported, "kv-bad's mismatch reported", op, logs)
         status = _status(admin, "kv-bad")
         message = _condition(status, "PredictionMismatch")["message"]
         assert "kv-bad: armcpu predicted it can run revision 1, its kernel refused it" in message and REFUSED_REGISTER in message
@@ -117,7 +126,7 @@ def test_only_nodes_whose_kernel_agreed_are_labelled(control_plane: ControlPlane
         assert warned and warned[0]["type"] == "Warning" and REFUSED_REGISTER in warned[0]["message"] and "kv-bad" in warned[0]["message"]
 
         # an agent that cannot verify (a probe-only replay): the node stays pending, never labelled
-        wait_for(lambda: _status(admin, "kv-none").get("nodes", {}).get("pending") == 1, 60, "kv-none pending", op.logs)
+        _wait(lambda: _status(admin, "kv-none").get("nodes", {}).get("pending") == 1, "kv-none pending", op, logs)
         status = _status(admin, "kv-none")
         assert status["pendingNodes"] == ["kv-none"] and _condition(status, "Ready")["reason"] == "VerificationPending"
         assert "cpumodel.armcpu.io/kv-none" not in admin.get("/api/v1/nodes/kv-none")["metadata"]["labels"]
