@@ -377,8 +377,9 @@ def tables(matrix: Mapping[str, Any], moves: Mapping[str, Any]) -> str:
                "the destination refused it; · = not tried, because armcpu does not call that pool movable; the diagonal is "
                "each host taking back its own guest after a reboot, the control). Every cell ended as `can_move` predicted.")
     out.append("")
-    for kind, title in (("armcpu-model", "armcpu's pool model (verifier save/restore)"), ("raw-view", "the source's raw view (verifier save/restore)"),
-                        ("stock-qemu", "stock QEMU 10.0 (`migrate file:` / `-incoming`)")):
+    kinds = (("armcpu-model", "armcpu's pool model (verifier save/restore)"), ("raw-view", "the source's raw view (verifier save/restore)"),
+             ("stock-qemu", "stock QEMU 10.0 (`migrate file:` / `-incoming`)"))
+    for kind, title in kinds:
         for kernel in sorted({m["from"]["kernel"] for m in rows}, key=emulated.release_key):
             these = [m for m in rows if m["kind"] == kind and m["from"]["kernel"] == kernel == m["to"]["kernel"]]
             if not these:
@@ -392,7 +393,8 @@ def tables(matrix: Mapping[str, Any], moves: Mapping[str, Any]) -> str:
             out.append("")
     across = [m for m in rows if m["from"]["kernel"] != m["to"]["kernel"]]
     if across:
-        out += ["**Between kernels** (the same CPU, one kernel to the other)", "", "| kind | CPU | from | to | result | why |", "|---|---|---|---|---|---|"]
+        out += ["**Between kernels** (the same CPU, one kernel to the other)", "",
+                "| kind | CPU | from | to | result | why |", "|---|---|---|---|---|---|"]
         for m in sorted(across, key=lambda m: (m["kind"], m["from"]["cpu"], emulated.release_key(m["from"]["kernel"]))):
             why = (m["error"] or "").strip().splitlines()
             out.append(f"| {m['kind']} | {m['from']['cpu']} | {m['from']['kernel'].split('+')[0]} | {m['to']['kernel'].split('+')[0]} | "

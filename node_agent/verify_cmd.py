@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
     if args.kvm_record:
         assert isinstance(probe_backend, kvm_replay.Recorder) and isinstance(session, kvm_session.Recorder)
         recording = {"kernel": node.kernel,
-                     "guest_view": None if node.guest_view is None else {k: hex64(v) for k, v in node.guest_view.items()}, "model": {"registers": {k: hex64(v) for k, v in model.items()}},
+                     "guest_view": None if node.guest_view is None else {k: hex64(v) for k, v in node.guest_view.items()},
+                     "model": {"registers": {k: hex64(v) for k, v in model.items()}},
                      "probe": probe_backend.recording(), "verify": session.recording()}
         args.kvm_record.write_text(json.dumps(recording, indent=1) + "\n")
     doc = report(node, model, guest, result)
