@@ -223,7 +223,7 @@ class NodeCounts(_Schema):
     selected: int = Field(0, description="Nodes the nodeSelector selects.")
     compatible: int = Field(0, description="Selected nodes that can run the current revision (labelled cpumodel.armcpu.io/<name>=<revision>).")
     incompatible: int = Field(0, description="Selected nodes that cannot (reasons in incompatibleNodes).")
-    pending: int = Field(0, description="Selected nodes armcpu's rules admit but whose kernel has not verified the revision yet "
+    pending: int | None = Field(None, ge=0, description="Selected nodes armcpu's rules admit but whose kernel has not verified the revision yet "
                                         "(with --kernel-verification Required; listed in pendingNodes).")
 
 
