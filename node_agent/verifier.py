@@ -9,7 +9,6 @@ cluster never does.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from armcpu.profile import Profile
 from armcpu.verification import KernelVerdict
 from node_agent import verify_cmd
 from node_agent.plan import Target
-from node_agent.probes import ProbeError, kvm_session
+from node_agent.probes import kvm_session
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +99,3 @@ class Verifier:
             log.info("verified", extra={"model": target.model, "revision": target.revision, "ok": found.ok})
         return found
 
-
-def load_replay(path: Path) -> SessionFactory:
-    data = json.loads(path.read_text())
-    if not isinstance(data, Mapping):
-        raise ProbeError(f"{path}: expected a JSON object")
-    return replayed_sessions(data, str(path))

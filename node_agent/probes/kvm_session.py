@@ -365,7 +365,7 @@ class Recorder(KvmSession):
         entry: dict[str, Any] = {"call": name, "args": _encode(list(args))}
         self.calls.append(entry)
         try:
-            result = inner_call(self.inner, name, args)
+            result = self.inner._call(name, *args)
         except OSError as exc:
             entry["errno"] = errno.errorcode.get(exc.errno or 0, "EIO")
             raise
@@ -375,10 +375,6 @@ class Recorder(KvmSession):
 
     def recording(self) -> dict[str, Any]:
         return {"calls": self.calls}
-
-
-def inner_call(session: KvmSession, name: str, args: Sequence[Any]) -> Any:
-    return session._call(name, *args)
 
 
 class Replay(KvmSession):

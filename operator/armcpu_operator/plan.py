@@ -70,13 +70,13 @@ class Mismatch:
                 f"its kernel {said}: {fields}")
 
 
-def kernel_says(profile: Profile, model: algebra.Model, check: algebra.CanRun, policy: str) -> tuple[str, Mismatch | None]:
+def kernel_says(profile: Profile, key: str, check: algebra.CanRun, policy: str) -> tuple[str, Mismatch | None]:
     """One node and one model: "compatible", "incompatible" or "pending" (no verdict yet, and the
     policy requires one), and the mismatch when the kernel disagrees with ``check``.
 
     A kernel's refusal always counts, whatever the policy: the kernel is the authority, the rules a model of it.
     """
-    kernel = profile.verdict(verification_key(model.registers))
+    kernel = profile.verdict(key)
     mismatch = None
     if kernel is not None and kernel.ok != check.ok:
         mismatch = Mismatch(profile.name, check.ok, kernel, tuple(r.message() for r in check.refusals))
@@ -300,7 +300,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         verdicts = sum(1 for profile in pool if profile.verdict(verified) is not None)
         for profile in pool:
             check = _can_run(profile, model)
-            verdict, mismatch = kernel_says(profile, model, check, kernel_verification)
+            verdict, mismatch = kernel_says(profile, verified, check, kernel_verification)
             if mismatch is not None:
                 mismatches.append(mismatch)
             if verdict == "compatible":
@@ -311,7 +311,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
             elif not check.ok:
                 incompatible[profile.name] = _refusal_reasons(check)
             else:
-                kernel = profile.verdict(verification_key(model.registers))
+                kernel = profile.verdict(verified)
                 assert kernel is not None
                 incompatible[profile.name] = [f"this node's kernel refused the model (armcpu's rules predicted it would run): {d}"
                                               for d in kernel.disagreements[:MAX_REASONS_PER_NODE]] or ["this node's kernel refused the model"]
@@ -323,12 +323,13 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     by_name = {p.name: p for p in pool}
     label_changes: dict[str, dict[str, str | None]] = {}
     both = {int(e["revision"]): 0 for e in live}  # nodes that can run the older revision and the current one
+    older_models = [(entry, model_from_status(entry)) for entry in live]
+    older_keys = {int(e["revision"]): verification_key(m.registers) for e, m in older_models}  # hashed once, not once per node
     for node_name, node_labels in nodes.items():
         want: dict[str, str | None] = {key: str(revision) if node_name in compatible else None}
-        for entry in live:
-            older = model_from_status(entry)
-            runs = node_name in compatible and kernel_says(by_name[node_name], older, _can_run(by_name[node_name], older),
-                                                           kernel_verification)[0] == "compatible"
+        for entry, older in older_models:
+            runs = node_name in compatible and kernel_says(by_name[node_name], older_keys[int(entry["revision"])],
+                                                           _can_run(by_name[node_name], older), kernel_verification)[0] == "compatible"
             both[int(entry["revision"])] += runs
             want[keys.revision_key(name, int(entry["revision"]))] = "true" if runs else None
         for label in node_labels:
