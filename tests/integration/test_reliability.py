@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
-from armcpu_operator import vms
+from armcpu_operator import act, vms
 from armcpu_testing.controlplane import ControlPlane, free_port, running
 from tests.helpers import REPO
 from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, converged, http_get, running_operator, wait_for
@@ -87,7 +87,11 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
             patched = Counter(e["objectRef"]["name"] for e in plane.writes_since(0, OPERATOR_USER)
                               if e["objectRef"].get("resource") == "virtualmachines" and e["responseStatus"]["code"] < 300)
             assert set(patched) <= set(vm_names) and set(patched.values()) <= {1}, f"patched more than once: {patched.most_common(3)}"
-            assert len(patched) >= len(vm_names) - 2, "a write is missing from the audit log only if the crash cut it off"
+            # Only writes in flight at the instant of the SIGKILL can be missing: they committed, but the
+            # server died before logging them, and their retry (or the watch) found them already applied.
+            # The operator has at most WRITE_CONCURRENCY VM writes in flight.
+            missing = set(vm_names) - set(patched)
+            assert len(missing) <= act.WRITE_CONCURRENCY, f"{len(missing)} VM writes missing from the audit log: {sorted(missing)}"
             print(f"API server and etcd unavailable for {outage:.1f}s")
         finally:
             agent.kill()
