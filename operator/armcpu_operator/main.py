@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "armcpu-system"), help="namespace of the leader Lease")
     p.add_argument("--lease-name", default="armcpu-operator")
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(), help="this replica's name in the Lease")
+    p.add_argument("--lease-duration", type=int, default=15, help="seconds a candidate waits after the Lease last changed before taking it")
+    p.add_argument("--renew-deadline", type=float, default=10.0,
+                   help="seconds the leader may go without renewing before it stops (shorter than --lease-duration)")
+    p.add_argument("--retry-period", type=float, default=2.0, help="seconds between renewals and between attempts to acquire")
     p.add_argument("--no-leader-election", action="store_true", help="run without the Lease (only ever with one replica)")
     p.add_argument("--listen", default="0.0.0.0:8080", help="address:port for /metrics, /healthz, /readyz ('' disables)")
     p.add_argument("--webhook-port", type=int, default=0, help="serve the CpuModel validating and VM mutating webhooks on this port (0: none)")
@@ -95,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         server = serving.serve(host or "0.0.0.0", int(port), metrics.REGISTRY, ready=ready.is_set)
     try:
         if not args.no_leader_election:
-            leader = LeaderElection(RUNTIME.kube, args.namespace, args.lease_name, args.identity, on_lost=lost)
+            try:
+                leader = LeaderElection(RUNTIME.kube, args.namespace, args.lease_name, args.identity, duration=args.lease_duration,
+                                        renew_deadline=args.renew_deadline, retry=args.retry_period, on_lost=lost)
+            except ValueError as exc:
+                log.error("invalid leader election timing", extra={"error": str(exc)})
+                return 2
             waiting = threading.Event()
             previous = {sig: signal.signal(sig, lambda *_: waiting.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
             acquired = leader.acquire(waiting)
