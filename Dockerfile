@@ -21,7 +21,6 @@ COPY LICENSES/ LICENSES/
 COPY armcpu/ armcpu/
 COPY armcpu_cli/ armcpu_cli/
 COPY armcpu_k8s/ armcpu_k8s/
-COPY armcpu_testing/ armcpu_testing/
 COPY node_agent/ node_agent/
 COPY operator/ operator/
 RUN PATH=/opt/build/bin:$PATH /opt/armcpu/bin/pip install --no-deps --no-build-isolation --no-compile . \

@@ -286,6 +286,10 @@ class CpuModelStatus(_Schema):
     revision: int | None = Field(None, description="Increases whenever the model's registers change.")
     fingerprint: str | None = Field(None, description="Short hash of the model's registers and identities (the node agent labels nodes with theirs).")
     specHash: str | None = Field(None, description="Hash of the spec the current revision was computed for.")
+    appliedSpec: CpuModelSpec | None = Field(
+        None, description="The spec the current revision was computed from, and the one in effect (selectors and enforcement "
+        "included): a spec change that is invalid or cannot be computed leaves this, and the revision, as they were.",
+    )
     model: ModelStatus | None = None
     nodes: NodeCounts | None = Field(None, description="Node counts.")
     vms: VmCounts | None = Field(None, description="VirtualMachine counts.")

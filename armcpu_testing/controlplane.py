@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ARMCPU_SHARED", REPO.parent / "shared"))
 KUBEVIRT_CRDS = SHARED / "kubevirt"
+CPUS = REPO / "tests" / "fixtures" / "cpus"  # a copy of ../shared/cpus: unit tests and the demo need it without the sibling
 ARMCPU_CRDS = REPO / "crds"
 
 
@@ -417,7 +418,8 @@ def running(install_crds: bool = True, keep_dir: bool = False) -> Iterator[Contr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Start a local kube-apiserver + etcd with armcpu's and KubeVirt's CRDs.")
+    parser = argparse.ArgumentParser(prog="python -m armcpu_testing.controlplane",
+                                     description="Start a local kube-apiserver + etcd with armcpu's and KubeVirt's CRDs.")
     parser.add_argument("--check", action="store_true", help="start, show the served CRDs, stop")
     args = parser.parse_args(argv)
     start = time.monotonic()

@@ -1,4 +1,4 @@
-"""``armcpu-demo``: the whole product on a laptop, on recorded real CPU data.
+"""The demo: the whole product on a laptop, on recorded real CPU data.
 
 A real kube-apiserver and etcd; simulated arm64 Nodes whose real ``armcpu-agent`` processes replay
 recorded KVM views of Graviton3 and Graviton4 hosts (Linux 6.18); the real ``armcpu-operator``;
@@ -25,7 +25,7 @@ from typing import Any
 
 from armcpu import features
 from armcpu.profile import from_dict
-from armcpu_testing.controlplane import REPO, SHARED, ControlPlane, free_port, running
+from armcpu_testing.controlplane import CPUS, REPO, ControlPlane, free_port, running
 from armcpu_testing.fixtures import simulated_host
 from armcpu_testing.waiting import WaitTimeout, wait_for
 
@@ -64,7 +64,7 @@ class Demo:
     def add_node(self, name: str, cpu_file: str, labels: dict[str, str], kernel: str) -> None:
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
-        cpu = json.loads((SHARED / "cpus" / cpu_file).read_text())
+        cpu = json.loads((CPUS / cpu_file).read_text())
         # Linux before 6.7 reports no writable ID registers (no KVM_ARM_GET_REG_WRITABLE_MASKS)
         old_kernel = tuple(int(p) for p in kernel.split(".")[:2]) < (6, 7)
         conversation = simulated_host(self.workdir / name, cpu, kernel=kernel, masks=not old_kernel)
@@ -163,7 +163,7 @@ def demo(keep: bool) -> Iterator[Demo]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="armcpu-demo", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m armcpu_testing.demo", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", action="store_true", help="leave the cluster running (until Ctrl-C) and print its kubeconfig")
     args = parser.parse_args(argv)
     start = time.monotonic()

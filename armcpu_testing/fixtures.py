@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from armcpu import catalog, kvm, profile
-from armcpu_testing.controlplane import SHARED
+from armcpu_testing.controlplane import CPUS
 
 # uapi: _IOC(dir, 0xAE, nr, size)
 GET_API_VERSION = 0x0000AE00
@@ -113,5 +113,5 @@ def simulated_host(root: Path, cpu: dict[str, Any], *, aarch32_el0: bool = True,
 def host_618_profile(cpu_file: str) -> profile.Profile:
     """A recorded CPU (a file under ../shared/cpus) as a Linux 6.18 host's agent publishes it: the
     6.18 writable masks and writable MIDR/REVIDR/AIDR (cap 239), probed through KVM."""
-    parsed = profile.from_dict(json.loads((SHARED / "cpus" / cpu_file).read_text()), cpu_file)
+    parsed = profile.from_dict(json.loads((CPUS / cpu_file).read_text()), cpu_file)
     return replace(parsed, writable=kvm.assumed_writable_masks(True), probe="kvm", kvm=profile.KvmInfo(writable_imp_id_regs=True))

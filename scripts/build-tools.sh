@@ -30,12 +30,23 @@ build() {  # build NAME MODULE_DIR PACKAGE [LDFLAGS]
   if [[ -x "$tools_dir/$name" ]]; then
     return 0
   fi
-  local start=$SECONDS
+  local start=$SECONDS tmp
   echo "build-tools: building $name from $pkg ..." >&2
-  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tools_dir/$name.tmp" "$pkg")
-  mv "$tools_dir/$name.tmp" "$tools_dir/$name"
+  # a name of its own, renamed into place: a second build running beside this one never sees half a binary
+  tmp=$(mktemp "$tools_dir/.$name.XXXXXX")
+  if ! (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp" "$pkg"); then
+    rm -f "$tmp"
+    return 1
+  fi
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$tools_dir/$name"
   echo "build-tools: $name built in $((SECONDS - start))s" >&2
 }
+
+# Two setups at once (two checkouts, CI beside a developer) wait for each other instead of building
+# the same binaries twice; the second then finds them built.
+exec 9>"$tools_dir/.lock"
+flock 9
 
 kube_version=$(module_version "$tools_src/kube" k8s.io/kubernetes)
 kube_minor=$(echo "$kube_version" | cut -d. -f2)

@@ -8,4 +8,4 @@ cd "$repo_root"
 tools=$(bash scripts/setup.sh | tail -n 1)
 export "${tools?}"
 export PATH="$repo_root/.venv/bin:$PATH"
-exec armcpu-demo "$@"
+exec python -m armcpu_testing.demo "$@"

@@ -25,13 +25,13 @@ from armcpu_testing.fixtures import (  # noqa: F401  (re-exported for the tests)
     registers_of,
     write_host_tree,
 )
-from tests.helpers import REPO, SHARED
+from tests.helpers import CPUS, REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
 
 def committed() -> None:
-    g4 = json.loads((SHARED / "cpus/kvm-guest/graviton4-neoverse-v2-host6.18.json").read_text())
-    g4_host = json.loads((SHARED / "cpus/graviton4.json").read_text())
+    g4 = json.loads((CPUS / "kvm-guest/graviton4-neoverse-v2-host6.18.json").read_text())
+    g4_host = json.loads((CPUS / "graviton4.json").read_text())
     regs = registers_of(g4)
     conv = conversation(
         regs, kvm.assumed_writable_masks(aarch32_el0=False),

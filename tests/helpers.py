@@ -10,8 +10,8 @@ from armcpu.profile import Profile, from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ARMCPU_SHARED", REPO.parent / "shared"))
-CPUS = SHARED / "cpus"
-REFERENCE = SHARED / "reference"
+CPUS = REPO / "tests" / "fixtures" / "cpus"  # a copy of ../shared/cpus (tests/unit/test_fixture_copies.py keeps it equal)
+REFERENCE = REPO / "tests" / "fixtures" / "reference"  # a copy of ../shared/reference (kept equal by test_fixture_copies)
 
 
 def load_cpu(relpath: str) -> Profile:

@@ -28,7 +28,7 @@ from node_agent.collect import Sources, collect
 from node_agent.probes import kvm_replay
 from node_agent.publish import publish
 from tests import agent_fixtures as fx
-from tests.helpers import REPO, SHARED
+from tests.helpers import CPUS, REPO
 
 OPERATOR_USER = "armcpu-operator"
 NAMESPACE = "armcpu-system"
@@ -101,7 +101,7 @@ def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool 
 
 def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True, overrides: dict[str, int] | None = None) -> Profile:
     """The profile the agent publishes for a host with ``cpu_file``'s registers (``overrides`` replaced)."""
-    cpu = json.loads((SHARED / "cpus" / cpu_file).read_text())
+    cpu = json.loads((CPUS / cpu_file).read_text())
     for register, value in (overrides or {}).items():
         cpu["registers"][register] = f"0x{value:016x}"
     root = Path(tempfile.mkdtemp(prefix="host-"))

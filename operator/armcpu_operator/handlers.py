@@ -71,12 +71,23 @@ def model_selectors(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str,
     return {name: copy.deepcopy(dict(spec.get("nodeSelector") or {}))}
 
 
+def _in_effect(spec: kopf.Spec, status: kopf.Status) -> dict[str, Any]:
+    """The spec the current revision was computed from (empty when none is): a spec change that is
+    invalid or not computed yet does not move VMs, at admission or in the reconciler."""
+    return copy.deepcopy(dict(specs.applied_spec(dict(spec), dict(status)) or {}))
+
+
 @kopf.index(GROUP, VERSION, "cpumodels")
-def model_vm_selectors(name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any] | None]:
-    selector = spec.get("vmSelector")
+def model_vm_selectors(name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict[str, list[dict[str, Any]] | None]:
+    """The VMs each model claims: by the vmSelector in effect, and by the one its spec asks for when
+    that spec is valid (so a VM two models want is ambiguous even before one's change is computed)."""
     if meta.get("deletionTimestamp"):
         return {name: None}  # being deleted: it releases its VMs, the webhook must not dress them again
-    return {name: copy.deepcopy(dict(selector)) if selector else None}
+    wanted = [_in_effect(spec, status).get("vmSelector")]
+    if specs.parse(dict(spec)).valid:
+        wanted.append(copy.deepcopy(spec.get("vmSelector")))
+    found = [dict(sel) for sel in wanted if sel]
+    return {name: found or None}
 
 
 @kopf.index(GROUP, VERSION, "cpumodels")
@@ -85,9 +96,11 @@ def model_definitions(name: str, spec: kopf.Spec, status: kopf.Status, meta: kop
     model = status.get("model")
     if not model or status.get("revision") is None or meta.get("deletionTimestamp"):
         return {name: None}
+    in_effect = _in_effect(spec, status)
     keep = ("qemu", "qemuMachine", "libvirtDisabled", "domainRewrite")
     return {name: {"revision": status["revision"], "fingerprint": status.get("fingerprint"),
-                   "model": {k: copy.deepcopy(model.get(k)) for k in keep}, "enforcement": spec.get("enforcement"),
+                   "model": {k: copy.deepcopy(model.get(k)) for k in keep}, "enforcement": in_effect.get("enforcement"),
+                   "vmSelector": in_effect.get("vmSelector"),
                    "live": [int(e["revision"]) for e in status.get("liveRevisions") or []]}}
 
 
@@ -221,7 +234,7 @@ async def stop_watches(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "cpumodels")
-def model_event(type: str, name: str, meta: kopf.Meta, **kwargs: Any) -> None:
+async def model_event(type: str, name: str, meta: kopf.Meta, **kwargs: Any) -> None:
     STATE.vm_selectors = _single(kwargs["model_vm_selectors"])
     STATE.model_selectors = _single(kwargs["model_selectors"])
     if STATE.model_event(name, meta.get("generation"), type == "DELETED"):
@@ -262,22 +275,23 @@ async def send_vm_patches(name: str, result: vms.VmPlan) -> set[tuple[str, str]]
     return {key for key, ok in zip(keys, landed, strict=True) if not ok}
 
 
-async def reconcile_vms(name: str, spec: dict[str, Any], status: dict[str, Any], indexes: dict[str, Any],
+async def reconcile_vms(name: str, applied: specs.Request, status: dict[str, Any], indexes: dict[str, Any],
                         vmis: dict[tuple[str, str], tuple[str, str, bool]]) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
-    """Patch the VMs this model selects (or once patched); returns the VM counts, the running VMs
-    waiting for a restart, and success. The counts describe what landed: a VM whose patch failed is
-    counted as it still is."""
-    desired = vms.desired_from(name, status, spec.get("enforcement")) if status.get("model") else None
+    """Patch the VMs the spec in effect selects (or once patched); returns the VM counts, the running
+    VMs waiting for a restart, and success. The counts describe what landed: a VM whose patch failed
+    is counted as it still is."""
+    desired = vms.desired_from(name, status, applied.enforcement) if status.get("model") else None
     view = STATE.vms_view(STATE.vm_store)
     live = [int(e["revision"]) for e in status.get("liveRevisions") or []]
     other_selectors = _single(indexes["model_vm_selectors"])
     running_of = _running_of(name, vmis)
-    result = vms.plan_for_model(name, desired, spec.get("vmSelector"), view, other_selectors, running=running_of, live=live)
+    vm_selector = dict(applied.vm_selector) if applied.vm_selector is not None else None
+    result = vms.plan_for_model(name, desired, vm_selector, view, other_selectors, running=running_of, live=live)
     failed = await send_vm_patches(name, result)
     after = {**view, **{key: vm for key, vm in result.targets.items() if key not in failed}}
     vm_counts = result.counts
     if failed:  # rare (faults only): count again over what is really there
-        vm_counts = vms.plan_for_model(name, desired, spec.get("vmSelector"), after, other_selectors, running=running_of, live=live).counts
+        vm_counts = vms.plan_for_model(name, desired, vm_selector, after, other_selectors, running=running_of, live=live).counts
     ok = await hookmaps.sync(_kube(), STATE, after, _hooked_vmis(vmis)) and not failed
     running, pending = vms.running_revisions(name, vmis, after, desired)
     counts: dict[str, Any] = {**vm_counts, "running": running, "restartPending": len(pending)}
@@ -312,10 +326,12 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
         STATE.forget_labels(result.label_changes)
         raise
     STATE.forget_labels(failed)
-    vm_counts, pending, vms_ok = await reconcile_vms(name, spec, result.status, indexes, vmis)
-    if result.status.get("model") is not None or (status or {}).get("vms"):
-        result.status["vms"] = vm_counts
-        plan.add_restart_condition(result.status, (status or {}).get("conditions") or [], pending, body.meta.get("generation"), _now())
+    vms_ok = True
+    if result.applied is not None:  # None: the spec in effect is unknown (an invalid spec over a status older than appliedSpec), VMs stay
+        vm_counts, pending, vms_ok = await reconcile_vms(name, result.applied, result.status, indexes, vmis)
+        if result.status.get("model") is not None or (status or {}).get("vms"):
+            result.status["vms"] = vm_counts
+            plan.add_restart_condition(result.status, (status or {}).get("conditions") or [], pending, body.meta.get("generation"), _now())
     if await asyncio.to_thread(act.apply_status, kube, name, status, result.status):
         STATE.written_status[name] = result.status
     for event in result.events:
@@ -388,26 +404,34 @@ async def cleanup(name: str, **kwargs: Any) -> None:
 
 # ------------------------------------------------------------------ admission
 
-def validate_cpumodel(spec: kopf.Spec, **_: Any) -> None:
+async def validate_cpumodel(spec: kopf.Spec, meta: kopf.Meta, **kwargs: Any) -> None:
     """The same checks the reconciler reports as Invalid; failurePolicy Ignore, so a down operator
-    never blocks kubectl (the reconciler then reports the problem on the object)."""
+    never blocks kubectl (the reconciler then reports the problem on the object).
+
+    Only a spec being written is judged: an update that leaves the spec as it was (finalizers,
+    labels, annotations; kopf's own bookkeeping) or that comes with deletion under way always
+    passes, so a CpuModel whose spec became invalid while the webhook was down can still be
+    deleted and its finalizer removed."""
+    old: kopf.Body | None = kwargs.get("old")  # the stored object, on UPDATE
+    if meta.get("deletionTimestamp") or (old is not None and dict(old.get("spec") or {}) == dict(spec)):
+        return
     request = specs.parse(copy.deepcopy(dict(spec)))
     if request.errors:
         raise kopf.AdmissionError("; ".join(request.errors), code=422)
 
 
-def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+async def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     """Dress a VM that exactly one CpuModel selects, so it never starts without its model. The
     reconciler does the same afterwards (the backstop for VMs created while the webhook was down)."""
     vm_labels = (body.get("metadata") or {}).get("labels") or {}
-    matched = [m for m, sel in _single(kwargs["model_vm_selectors"]).items() if sel and selectors.matches(sel, vm_labels)]
+    matched = [m for m, claim in _single(kwargs["model_vm_selectors"]).items() if vms.claims(claim, vm_labels)]
     if len(matched) != 1:
         return  # none, or ambiguous: left unchanged (the reconciler posts the Event)
     definition = _single(kwargs["model_definitions"]).get(matched[0])
-    if not definition:
-        return  # no model computed yet
+    if not definition or not selectors.matches(definition.get("vmSelector") or {}, vm_labels) or not definition.get("vmSelector"):
+        return  # no model computed yet, or only a spec not in effect selects it
     key = ((body.get("metadata") or {}).get("namespace") or "", (body.get("metadata") or {}).get("name") or "")
-    started = STATE.vmi_definitions.get(key)  # one lookup: this runs in a worker thread while the loop updates the dict
+    started = STATE.vmi_definitions.get(key)  # async: runs on the loop that updates the dict, never beside it
     running = started[1] if started is not None and started[0] == matched[0] else None
     desired = vms.for_running(vms.desired_from(matched[0], definition, definition.get("enforcement")), running, definition.get("live") or ())
     carried = vms.current_revision(body) if vms.uses(body) == matched[0] else None

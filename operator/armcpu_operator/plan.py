@@ -52,6 +52,7 @@ class Plan:
     incompatible: tuple[str, ...] = ()
     selected: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
+    applied: specs.Request | None = None  # the spec in effect (None: unknown, so VMs are left exactly as they are)
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,12 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     old = dict(cpumodel.get("status") or {})
     old_conditions = old.get("conditions") or []
     key = label_key(name)
-    request = specs.parse(cpumodel.get("spec") or {})
+    raw_spec = cpumodel.get("spec") or {}
+    request = specs.parse(raw_spec)
+    applied_raw = specs.applied_spec(raw_spec, old)
+    applied = specs.parse(applied_raw) if applied_raw is not None else None
+    if applied is not None and not applied.valid:
+        applied, applied_raw = None, None  # written around the schema: nothing known to be in effect
     events: list[Event] = []
 
     def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
@@ -267,15 +273,18 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         ]
         if not any(c.get("type") == "Invalid" and c.get("status") == "True" and c.get("message") == message for c in old_conditions):
             events.append(Event("Warning", "InvalidSpec", message))
-        return Plan(status=invalid_status, events=events)
+        return Plan(status=invalid_status, events=events, applied=applied)
 
-    selected = sorted(n for n, node_labels in nodes.items() if selectors.matches(request.selector, node_labels))
-    pool, broken = _node_profiles(selected, profiles)
+    def pool_of(req: specs.Request) -> tuple[list[str], list[Profile], dict[str, list[str]]]:
+        chosen = sorted(n for n, node_labels in nodes.items() if selectors.matches(req.selector, node_labels))
+        return (chosen, *_node_profiles(chosen, profiles))
 
+    selected, pool, broken = pool_of(request)
     current = model_from_status(old["model"]) if old.get("model") and old.get("specHash") == request.spec_hash else None
     revision = int(old.get("revision") or 0)
     old_model = old.get("model") or {}
     model, rendered, problem = current, Rendered.from_status(old_model), ""
+    effective, effective_raw = request, raw_spec  # the spec the status describes
     if current is None or request.policy == "Follow":
         computed, computed_rendered, problem = _compute(request, pool)
         if computed is not None and (current is None or dict(computed.registers) != dict(current.registers)
@@ -285,9 +294,15 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
             members = _names([p.name for p in pool])
             events.append(Event("Normal", "ModelRevised",
                                 f"revision {revision} (fingerprint {computed.fingerprint}) computed from {len(pool)} node(s): {members}"))
+    spec_change_waits = model is None and bool(old.get("model")) and old.get("specHash") != request.spec_hash
     if model is None and old.get("model"):
-        # Nothing computable now (e.g. every node left): keep serving the last revision to running VMs.
+        # Nothing computable now (e.g. every node left, or a changed spec's pool cannot be combined): keep
+        # serving the last revision to running VMs, under the spec it was computed from. A changed spec is
+        # not recorded as applied, so every reconcile tries it again until it computes.
         model, rendered = model_from_status(old["model"]), Rendered.from_status(old_model)
+        if spec_change_waits and applied is not None:
+            effective, effective_raw = applied, applied_raw or {}
+            selected, pool, broken = pool_of(applied)
 
     incompatible: dict[str, list[str]] = dict(broken)
     compatible: list[str] = []
@@ -351,13 +366,15 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         conditions.append(cond("Ready", "False", "NoCompatibleNodes", f"none of the {len(selected)} selected node(s) can run revision {revision}"))
     else:
         conditions.append(cond("Ready", "True", "ModelReady", f"{len(compatible)} of {len(selected)} selected node(s) can run revision {revision}"))
+    not_computed = (f"the spec change is not applied, revision {revision} and its spec stay in effect: {problem}" if spec_change_waits
+                    else f"a new revision could not be computed: {problem}")
     if inc_names:
         message = f"{len(inc_names)} selected node(s) cannot run the model: {_names(inc_names)}"
         if problem and model is not None:
-            message += f"; a new revision could not be computed: {problem}"
+            message += f"; {not_computed}"
         conditions.append(cond("Degraded", "True", "IncompatibleNodes", message))
     elif problem and model is not None:
-        conditions.append(cond("Degraded", "True", "RecomputeFailed", f"a new revision could not be computed: {problem}"))
+        conditions.append(cond("Degraded", "True", "RecomputeFailed", not_computed))
     else:
         conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model"))
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
@@ -373,7 +390,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         "observedGeneration": generation,
         "revision": revision if model is not None else None,
         "fingerprint": model.fingerprint if model is not None else None,
-        "specHash": request.spec_hash if model is not None else old.get("specHash"),
+        "specHash": (old.get("specHash") if spec_change_waits else effective.spec_hash) if model is not None else old.get("specHash"),
         "model": model_to_status(model, rendered) if model is not None else None,
         "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
         "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
@@ -383,6 +400,9 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     }
     if model is not None and old.get("model") and current is not None and model is current:
         status["model"] = old["model"]  # byte-identical: no write for a pinned model
+    applied_out = (applied_raw if spec_change_waits else effective_raw) if model is not None else old.get("appliedSpec")
+    if applied_out is not None:
+        status["appliedSpec"] = dict(applied_out)
     if pending:  # only then: a status without pending nodes stays as it was before verification existed (no write on upgrade)
         status["nodes"]["pending"] = len(pending)
         status["pendingNodes"] = sorted(pending)[:MAX_LISTED_NODES]
@@ -398,8 +418,9 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     if newly:
         events.append(Event("Warning", "NodesIncompatible", f"cannot run revision {revision}: " + "; ".join(
             f"{n}: {incompatible[n][0]}" for n in newly[:EVENT_NODE_LIST])))
+    in_effect = (applied if spec_change_waits else effective) if model is not None else request
     return Plan(status=status, label_changes=label_changes, events=events, compatible=tuple(compatible),
-                incompatible=tuple(inc_names), selected=tuple(selected), pending=tuple(sorted(pending)))
+                incompatible=tuple(inc_names), selected=tuple(selected), pending=tuple(sorted(pending)), applied=in_effect)
 
 
 def add_restart_condition(status: dict[str, Any], old_conditions: Sequence[Mapping[str, Any]], pending: Sequence[tuple[str, str]],

@@ -28,6 +28,7 @@ class Request:
     policy: str
     spec_hash: str
     identity_from: str | None = None
+    enforcement: str = "Scheduling"
     errors: tuple[str, ...] = field(default=())
 
     @property
@@ -38,6 +39,21 @@ class Request:
 def spec_hash(spec: object) -> str:
     """A stable hash of what the user asked for; a new value means a new revision is due."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":"), default=repr).encode()).hexdigest()[:16]
+
+
+def applied_spec(spec: Mapping[str, Any], status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The spec in effect: the one the current revision was computed from. A spec change that is
+    invalid, or whose pool cannot be combined, is not in effect (its selectors included) until a
+    reconcile computes a revision from it; until then the previous revision keeps its own spec.
+
+    ``status.appliedSpec`` records it; a status written before that field existed names it by
+    ``specHash`` only, so the spec counts as applied exactly when its hash matches."""
+    recorded = status.get("appliedSpec")
+    if recorded is not None:
+        return dict(recorded)
+    if status.get("model") and status.get("specHash") == spec_hash(spec):
+        return spec
+    return None
 
 
 def _structure_errors(spec: object) -> list[str]:
@@ -115,6 +131,7 @@ def parse(spec: Mapping[str, Any]) -> Request:
         register_settings=register_settings,
         policy=str(spec.get("updatePolicy") or "Pinned"),
         identity_from=str(spec["identityFrom"]) if spec.get("identityFrom") else None,
+        enforcement=str(spec.get("enforcement") or "Scheduling"),
         spec_hash=spec_hash(spec),
         errors=tuple(errors),
     )

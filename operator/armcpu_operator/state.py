@@ -83,7 +83,7 @@ class State:
         return changed
 
     def vm_event(self, key: tuple[str, str], vm: Mapping[str, Any] | None,
-                 vm_selectors: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+                 vm_selectors: Mapping[str, vms.Claim]) -> list[str]:
         """Models to wake for a VM change: those selecting it before or after, and the one it records."""
         old_labels, old_model = self.vm_labels.get(key, ({}, None))
         if vm is None:
@@ -95,7 +95,7 @@ class State:
             self.vm_labels[key] = (new_labels, new_model)
         if (old_labels, old_model) == (new_labels, new_model):
             return []
-        woken = {m for m, sel in vm_selectors.items() if sel and (selectors.matches(sel, old_labels) or selectors.matches(sel, new_labels))}
+        woken = {m for m, claim in vm_selectors.items() if vms.claims(claim, old_labels) or vms.claims(claim, new_labels)}
         woken |= {m for m in (old_model, new_model) if m}
         return sorted(woken)
 

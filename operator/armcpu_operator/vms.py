@@ -286,8 +286,21 @@ def for_running(desired: Desired, running_revision: str | None, live: Collection
     return replace(desired, running_revision=int(running_revision)) if int(running_revision) in live else desired
 
 
+Claim = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None  # a model's vmSelector(s): the one in effect and the one asked for
+
+
+def claims(claim: Claim, vm_labels: Mapping[str, str]) -> bool:
+    """Whether a model claims a VM: its vmSelector in effect, or the one its spec asks for (a change
+    not computed yet still makes a VM both models want ambiguous, rather than dressed by one)."""
+    if not claim:
+        return False
+    if isinstance(claim, Mapping):
+        return selectors.matches(claim, vm_labels)
+    return any(sel and selectors.matches(sel, vm_labels) for sel in claim)
+
+
 def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,
-                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Mapping[str, Any] | None],
+                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Claim],
                    running: Mapping[VmKey, str] | None = None, live: Iterable[int] = ()) -> VmPlan:
     """Patches for every VM this model selects or once patched. A VM that another model's vmSelector
     also matches is ambiguous and left as it is; without a computed model, selected VMs wait.
@@ -307,7 +320,7 @@ def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str
         if mine:
             counts["selected"] += 1
             selected.add(key)
-            others = sorted(m for m, sel in other_selectors.items() if m != model and sel and selectors.matches(sel, vm_labels))
+            others = sorted(m for m, claim in other_selectors.items() if m != model and claims(claim, vm_labels))
             if others:
                 ambiguous[key] = sorted([model, *others])
                 counts["ambiguous"] += 1

@@ -20,7 +20,7 @@ from node_agent.collect import Sources, collect
 from node_agent.probes import kvm_replay
 from node_agent.publish import publish
 from tests import agent_fixtures as fx
-from tests.helpers import REPO, SHARED
+from tests.helpers import CPUS, REPO
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "armcpu-system"
@@ -29,7 +29,7 @@ NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 
 def _profile(tmp_path: Path, node: str, cpu_file: str) -> Profile:
-    cpu = json.loads((SHARED / "cpus" / cpu_file).read_text())
+    cpu = json.loads((CPUS / cpu_file).read_text())
     root = tmp_path / node / cpu_file
     fx.write_host_tree(root, cpu, ncpus=2)
     replay = kvm_replay.Replay(fx.conversation(fx.registers_of(cpu), kvm.assumed_writable_masks(False)))

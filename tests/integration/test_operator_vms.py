@@ -27,10 +27,10 @@ def _with_sve() -> dict[str, int]:
     off): ID_AA64PFR0_EL1.SVE=1 and Graviton3's ID_AA64ZFR0_EL1 (../shared/cpus/graviton3.json)."""
     import json
 
-    from tests.helpers import SHARED
+    from tests.helpers import CPUS
 
-    guest = json.loads((SHARED / "cpus" / G3_GUEST).read_text())["registers"]
-    host = json.loads((SHARED / "cpus/graviton3.json").read_text())["registers"]
+    guest = json.loads((CPUS / G3_GUEST).read_text())["registers"]
+    host = json.loads((CPUS / "graviton3.json").read_text())["registers"]
     pfr0 = int(guest["ID_AA64PFR0_EL1"], 16) | (1 << 32)
     return {"ID_AA64PFR0_EL1": pfr0, "ID_AA64ZFR0_EL1": int(host["ID_AA64ZFR0_EL1"], 16)}
 

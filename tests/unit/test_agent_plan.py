@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from armcpu import profile as profile_mod
 from armcpu_k8s import labels
 from node_agent import plan
-from tests.helpers import SHARED
+from tests.helpers import CPUS
 
-G4 = profile_mod.from_dict(json.loads((SHARED / "cpus/graviton4.json").read_text()), "g4")
+G4 = profile_mod.from_dict(json.loads((CPUS / "graviton4.json").read_text()), "g4")
 
 keys = st.sampled_from([
     "armcpu.io/fingerprint", "armcpu.io/cpu", "armcpu.io/stale", "feature.armcpu.io/FEAT_SVE",

@@ -19,9 +19,9 @@ from node_agent import plan
 from node_agent.collect import NotArm64, Sources, collect
 from node_agent.probes import ProbeError, kvm_ioctl, kvm_replay, mrs, sysfs
 from tests import agent_fixtures as fx
-from tests.helpers import REPO, SHARED
+from tests.helpers import CPUS, REPO
 
-ALL_CPUS = sorted((SHARED / "cpus").glob("*.json")) + sorted((SHARED / "cpus/kvm-guest").glob("*.json"))
+ALL_CPUS = sorted(CPUS.glob("*.json")) + sorted((CPUS / "kvm-guest").glob("*.json"))
 
 
 def _cpu(path: Path) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def test_mrs_probe_reads_only_what_el0_may(tmp_path: Path, path: Path) -> None:
 
 
 def test_kvm_sve_and_ptrauth_are_requested_and_sve_finalized(tmp_path: Path) -> None:
-    cpu = _cpu(SHARED / "cpus/graviton3.json")
+    cpu = _cpu(CPUS / "graviton3.json")
     regs = fx.registers_of(cpu)
     replay = kvm_replay.Replay(fx.conversation(regs, None, sve=True, ptrauth=True, imp_id=False))
     got = collect("n", Sources(root=_host(tmp_path, cpu), kvm=replay))
@@ -126,14 +126,14 @@ def test_native_mrs_refuses_registers_el0_cannot_read() -> None:
 def test_recorded_committed_conversation_replays(tmp_path: Path) -> None:
     replay = kvm_replay.load(REPO / "tests/fixtures/kvm/graviton4-host6.18.json")
     got = collect("g4", Sources(root=REPO / "tests/fixtures/hosts/graviton4", kvm=replay))
-    source = _cpu(SHARED / "cpus/kvm-guest/graviton4-neoverse-v2-host6.18.json")
+    source = _cpu(CPUS / "kvm-guest/graviton4-neoverse-v2-host6.18.json")
     assert got.fingerprint == profile_mod.from_dict(source).fingerprint
     assert got.kernel == "6.18.30-61.116.amzn2023.aarch64"
     assert got.writable is not None and got.writable["ID_AA64ISAR0_EL1"] == kvm.assumed_writable_masks(False)["ID_AA64ISAR0_EL1"]
 
 
 def test_recorder_writes_what_replay_reads(tmp_path: Path) -> None:
-    cpu = _cpu(SHARED / "cpus/nvidia-grace.json")
+    cpu = _cpu(CPUS / "nvidia-grace.json")
     conv = fx.conversation(fx.registers_of(cpu), kvm.assumed_writable_masks(True), sve=True, ptrauth=True)
     recorder = kvm_replay.Recorder(kvm_replay.Replay(conv))
     first = kvm_ioctl.probe(tmp_path, recorder)

@@ -17,13 +17,13 @@ from armcpu_k8s import labels, selectors
 from armcpu_operator import plan, spec
 from armcpu_operator.state import State
 from armcpu_testing.fixtures import host_618_profile
-from tests.helpers import SHARED
+from tests.helpers import CPUS
 
 # These worlds are register dumps, not kernels: no verdict can arrive, so armcpu's rules decide (tests of the
 # verdicts themselves pass kernel_verification="Required").
 reconcile = functools.partial(plan.reconcile, kernel_verification="Advisory")
 
-KVM_GUEST = sorted(p.name for p in (SHARED / "cpus/kvm-guest").glob("*.json"))
+KVM_GUEST = sorted(p.name for p in (CPUS / "kvm-guest").glob("*.json"))
 NOW, LATER = "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z"
 
 
@@ -327,3 +327,53 @@ def test_a_kernel_that_runs_what_the_rules_refuse_is_reported_too() -> None:
     assert "old" in second.incompatible  # the rules still decide a refusal; the report says they may be too strict
     mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")
     assert mismatch["status"] == "True" and "old: armcpu predicted it cannot run revision 1, its kernel ran it" in mismatch["message"]
+
+
+def _condition(p: plan.Plan, ctype: str) -> dict[str, Any]:
+    return next(c for c in p.status["conditions"] if c["type"] == ctype)
+
+
+def test_a_pinned_spec_change_that_cannot_be_computed_yet_is_kept_and_applied_once_it_can() -> None:
+    """Issue 19's "spec change silently dropped": the new spec's hash was recorded over the old model,
+    so the change was never applied, and the condition vanished at the next reconcile."""
+    nodes, profiles = world({"a-g3": "graviton3-neoverse-v1-host6.18.json", "b-g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    changed = {**SPEC, "features": {"FEAT_SHA3": "Disabled"}, "identityFrom": "typo"}
+    second = reconcile(cpumodel(changed, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert second.status["revision"] == 1 and second.status["model"] == first.status["model"]
+    assert second.status["specHash"] == first.status["specHash"] and second.status["appliedSpec"] == SPEC
+    degraded = _condition(second, "Degraded")
+    assert degraded["status"] == "True" and "the spec change is not applied" in degraded["message"] and "spec.identityFrom" in degraded["message"]
+    third = reconcile(cpumodel(changed, second.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert third.status == second.status, "the change stays pending, and said so, at every later reconcile"
+    fixed = {**changed, "identityFrom": "b-g4"}
+    fourth = reconcile(cpumodel(fixed, third.status, generation=3), applied(nodes, first), profiles, LATER)
+    assert fourth.status["revision"] == 2 and "FEAT_SHA3" not in fourth.status["model"]["features"]
+    assert fourth.status["appliedSpec"] == fixed and _condition(fourth, "Degraded")["status"] == "False"
+
+
+def test_a_spec_change_whose_pool_cannot_be_combined_keeps_the_old_spec_and_its_selectors_in_effect() -> None:
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    first = reconcile(cpumodel({**SPEC, "vmSelector": {"matchLabels": {"app": "a"}}}), nodes, profiles, NOW)
+    assert first.applied is not None and first.applied.vm_selector == {"matchLabels": {"app": "a"}}
+    moved = {"nodeSelector": {"matchLabels": {"pool": "empty"}}, "vmSelector": {"matchLabels": {"app": "b"}}}
+    second = reconcile(cpumodel(moved, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert second.status["revision"] == 1 and second.compatible == ("g4",), "the old pool keeps its label"
+    assert second.label_changes == {}
+    assert second.applied is not None and second.applied.vm_selector == {"matchLabels": {"app": "a"}}
+    assert "no selected node has a usable NodeCpuProfile" in _condition(second, "Degraded")["message"]
+
+
+def test_an_invalid_spec_change_moves_no_vm_selector() -> None:
+    """Issue 19's "invalid spec half-applied": the reconciler used the invalid spec's new vmSelector."""
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json"})
+    valid = {**SPEC, "vmSelector": {"matchLabels": {"app": "a"}}}
+    first = reconcile(cpumodel(valid), nodes, profiles, NOW)
+    bad = {**SPEC, "vmSelector": {"matchLabels": {"app": "b"}}, "features": {"FEAT_NOPE": "Disabled"}}
+    second = reconcile(cpumodel(bad, first.status, generation=2), applied(nodes, first), profiles, LATER)
+    assert second.applied is not None and second.applied.vm_selector == {"matchLabels": {"app": "a"}}
+    assert spec.applied_spec(bad, second.status) == valid, "the webhook's index reads the same spec"
+    legacy = {k: v for k, v in first.status.items() if k != "appliedSpec"}  # a status written before appliedSpec existed
+    assert spec.applied_spec(valid, legacy) == valid and spec.applied_spec(bad, legacy) is None
+    unknown = reconcile(cpumodel(bad, legacy, generation=2), applied(nodes, first), profiles, LATER)
+    assert unknown.applied is None, "nothing known to be in effect: VMs are left exactly as they are"
