@@ -15,6 +15,7 @@ import json
 import os
 import ssl
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,11 +39,37 @@ class ApiError(Exception):
     A request that got no complete answer (refused, reset, timed out, cut off) raises ``OSError``
     instead: such a write may or may not have landed, and callers must not assume either."""
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str, retry_after: float | None = None) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds, from a 429's (or 503's) Retry-After header
+
+
+GONE, CONFLICT, RETRY, REFUSED = "gone", "conflict", "retry", "refused"
+
+
+def outcome(exc: BaseException) -> str:
+    """What a failed request means for the caller, decided in one place:
+
+    - ``gone`` (404): the object was deleted meanwhile; nothing left to do;
+    - ``conflict`` (409, or 422 from a JSON patch's ``test``): it changed since it was read; plan again
+      from the newer state;
+    - ``retry`` (no answer, 429 after the client's own waits, 5xx): try again later, backing off; a
+      request without an answer may or may not have landed;
+    - ``refused`` (any other status, e.g. 400, 403): the request itself is wrong; retrying as it is will
+      fail again, so it is logged as an error (and retried with back-off in case RBAC or a webhook changes).
+    """
+    if isinstance(exc, ApiError):
+        if exc.status == 404:
+            return GONE
+        if exc.status in (409, 422):
+            return CONFLICT
+        if exc.status == 429 or exc.status >= 500:
+            return RETRY
+        return REFUSED
+    return RETRY
 
 
 class ConfigError(Exception):
@@ -62,6 +89,14 @@ class Credentials:
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         return self.token
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the API server sends integers); None when absent or a date."""
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
 
 
 def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
@@ -125,6 +160,8 @@ class Kube:
     impersonate_extra: Mapping[str, list[str]] = field(default_factory=dict)
     timeout: float = 30.0
     on_write: Callable[[str, str, int], None] | None = None
+    throttle_retries: int = 3  # a 429 (API priority and fairness, max-inflight) was not processed: wait as told and send again
+    max_retry_after: float = 10.0
 
     def _prepare(self, method: str, path: str, data: bytes | None, content_type: str,
                  query: Mapping[str, str] | None, accept: str | None = None) -> urllib.request.Request:
@@ -148,7 +185,20 @@ class Kube:
 
     def request(self, method: str, path: str, body: object = None, content_type: str = JSON,
                 query: Mapping[str, str] | None = None, accept: str | None = None) -> Any:
-        """One request; ``accept`` overrides the Accept header (e.g. to ask for metadata only)."""
+        """One request; ``accept`` overrides the Accept header (e.g. to ask for metadata only). A 429
+        is sent again after its Retry-After (at most ``max_retry_after`` seconds, ``throttle_retries``
+        times): the server refused it before doing anything, so a write cannot land twice."""
+        for attempt in range(self.throttle_retries + 1):
+            try:
+                return self._request_once(method, path, body, content_type, query, accept)
+            except ApiError as exc:
+                if exc.status != 429 or attempt == self.throttle_retries:
+                    raise
+                time.sleep(min(self.max_retry_after, exc.retry_after if exc.retry_after is not None else 1.0 * (attempt + 1)))
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: object, content_type: str,
+                      query: Mapping[str, str] | None, accept: str | None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = self._prepare(method, path, data, content_type, query, accept)
         status = 0
@@ -163,7 +213,8 @@ class Kube:
                 payload = json.loads(raw)
             except ValueError:
                 payload = {"reason": exc.reason, "message": raw.decode(errors="replace")}
-            raise ApiError(exc.code, str(payload.get("reason", exc.reason)), str(payload.get("message", "")), method, path) from None
+            raise ApiError(exc.code, str(payload.get("reason", exc.reason)), str(payload.get("message", "")), method, path,
+                           retry_after=_seconds(exc.headers.get("Retry-After"))) from None
         except http.client.HTTPException as exc:  # a response cut off mid-way: a transport failure like a reset
             raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         finally:

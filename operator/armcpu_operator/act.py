@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from armcpu_k8s.kube import ApiError, Kube
+from armcpu_k8s.kube import GONE, ApiError, Kube, outcome
 
 log = logging.getLogger("armcpu.operator")
 CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
@@ -26,12 +26,10 @@ def label_node(kube: Kube, node: str, patch: Mapping[str, str | None]) -> bool:
     (the API server unreachable or restarting) counts as failed: it may not have landed."""
     try:
         kube.merge_patch(f"/api/v1/nodes/{node}", {"metadata": {"labels": dict(patch)}})
-    except ApiError as exc:
-        if exc.status != 404:
-            log.error("labelling a node failed", extra={"node": node, "error": str(exc)})
-            return False
-    except OSError as exc:
-        log.error("labelling a node failed", extra={"node": node, "error": str(exc)})
+    except (ApiError, OSError) as exc:
+        if outcome(exc) == GONE:
+            return True
+        log.error("labelling a node failed", extra={"node": node, "error": str(exc), "outcome": outcome(exc)})
         return False
     return True
 

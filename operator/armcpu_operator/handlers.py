@@ -21,7 +21,7 @@ import kopf
 
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
-from armcpu_k8s.kube import ApiError
+from armcpu_k8s.kube import CONFLICT, GONE, ApiError, outcome
 from armcpu_operator import act, hookmaps, listwatch, metrics, plan, vms
 from armcpu_operator import spec as specs
 from armcpu_operator.runtime import RUNTIME
@@ -257,16 +257,14 @@ async def send_vm_patches(name: str, result: vms.VmPlan) -> set[tuple[str, str]]
             STATE.written_vms[key] = result.targets[key]
             try:
                 await asyncio.to_thread(_kube().json_patch, f"/apis/kubevirt.io/v1/namespaces/{key[0]}/virtualmachines/{key[1]}", ops)
-            except ApiError as exc:
+            except (ApiError, OSError) as exc:
+                # not landed, or (no answer) not known to have landed: the view falls back to the watch
                 STATE.written_vms.pop(key, None)
-                if exc.status == 404:
+                verdict = outcome(exc)
+                if verdict == GONE:
                     return True
-                if exc.status not in (409, 422):  # 409/422: changed since we read it; the next attempt starts from the new state
-                    log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
-                return False
-            except OSError as exc:  # no answer: the patch may or may not have landed, so the view falls back to the watch
-                STATE.written_vms.pop(key, None)
-                log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc)})
+                if verdict != CONFLICT:  # a conflict: changed since we read it; the next attempt starts from the new state
+                    log.error("patching a VM failed", extra={"cpumodel": name, "vm": "/".join(key), "error": str(exc), "outcome": verdict})
                 return False
             return True
 
@@ -348,11 +346,21 @@ async def reconcile_once(name: str, body: kopf.Body, indexes: dict[str, Any]) ->
     return not failed and vms_ok
 
 
+RETRY_FIRST, RETRY_MAX = 2.0, 300.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the next try after ``failures`` failed reconciles in a row: 2, 4, 8, ... up to 5 min.
+    Any event still wakes the model at once; this only spaces the retries nothing asked for."""
+    return float(min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1)))
+
+
 @kopf.daemon(GROUP, VERSION, "cpumodels", cancellation_timeout=5.0)
 async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     """Level-based: reconcile at start, whenever an event can affect this model, and every resync."""
     trigger = STATE.triggers.setdefault(name, asyncio.Event())
     trigger.set()
+    failures = 0  # consecutive failed reconciles of this model: its retries back off, other models' do not
     metrics.MODELS.inc()
     try:
         while not STATE.listed() and not stopped:  # as kopf does for its indexes: start from a full view
@@ -369,13 +377,14 @@ async def reconcile_loop(name: str, body: kopf.Body, stopped: kopf.DaemonStopped
             trigger.clear()
             await asyncio.sleep(RUNTIME.debounce_seconds)  # one reconcile for a burst of node events
             try:
-                if not await reconcile_once(name, body, kwargs):
-                    metrics.RECONCILE_ERRORS.labels(name).inc()
-                    asyncio.get_running_loop().call_later(5.0, trigger.set)
+                ok = await reconcile_once(name, body, kwargs)
             except Exception as exc:  # never let one bad reconcile kill the loop
-                metrics.RECONCILE_ERRORS.labels(name).inc()
+                ok = False
                 log.exception("reconcile failed", extra={"cpumodel": name, "error": str(exc)})
-                asyncio.get_running_loop().call_later(10.0, trigger.set)
+            failures = 0 if ok else failures + 1
+            if failures:
+                metrics.RECONCILE_ERRORS.labels(name).inc()
+                asyncio.get_running_loop().call_later(retry_delay(failures), trigger.set)
     finally:
         metrics.MODELS.dec()
 
