@@ -10,10 +10,12 @@ can impersonate a user with extras, which is how tests act as the agent's servic
 from __future__ import annotations
 
 import base64
+import datetime
 import http.client
 import json
 import os
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -77,17 +79,70 @@ class ConfigError(Exception):
 
 
 @dataclass
+class ExecPlugin:
+    """A kubeconfig ``user.exec`` credential plugin (cloud CLIs, OIDC helpers): run when a token is
+    needed and cached until the expiry it reports. Only tokens are taken from it; a plugin answering
+    with a client certificate is refused with a clear error."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    api_version: str = "client.authentication.k8s.io/v1"
+    base: Path = Path(".")
+    _token: str | None = None
+    _expires: datetime.datetime | None = None
+
+    def token(self) -> str:
+        now = datetime.datetime.now(datetime.UTC)
+        if self._token is not None and (self._expires is None or now < self._expires - datetime.timedelta(seconds=10)):
+            return self._token
+        command = self.command
+        if os.sep in command and not os.path.isabs(command):
+            command = str(self.base / command)  # kubectl resolves a relative path against the kubeconfig's directory
+        info = {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+        env = {**os.environ, **dict(self.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+        try:
+            done = subprocess.run([command, *self.args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"exec credential plugin {self.command!r} could not run: {exc}") from exc
+        if done.returncode != 0:
+            raise ConfigError(f"exec credential plugin {self.command!r} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        try:
+            status = json.loads(done.stdout).get("status") or {}
+        except ValueError as exc:
+            raise ConfigError(f"exec credential plugin {self.command!r} printed no ExecCredential JSON: {exc}") from exc
+        if not status.get("token"):
+            raise ConfigError(f"exec credential plugin {self.command!r} returned no token (client certificates from plugins are not supported)")
+        self._token = str(status["token"])
+        expiry = status.get("expirationTimestamp")
+        self._expires = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00")) if expiry else None
+        return self._token
+
+    @property
+    def expires(self) -> datetime.datetime | None:
+        return self._expires
+
+
+@dataclass
 class Credentials:
-    """Where the API server is and how to authenticate to it."""
+    """Where the API server is and how to authenticate to it. The PEM data is kept in memory (for
+    kopf's login, which is derived from these credentials); nothing is left on disk."""
 
     server: str
     ssl_context: ssl.SSLContext
     token: str | None = None
     token_file: Path | None = None
+    exec_plugin: ExecPlugin | None = None
+    ca_pem: bytes | None = None
+    ca_file: Path | None = None
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
 
     def bearer(self) -> str | None:
         if self.token_file is not None:
             return self.token_file.read_text().strip()
+        if self.exec_plugin is not None:
+            return self.exec_plugin.token()
         return self.token
 
 
@@ -99,15 +154,27 @@ def _seconds(header: str | None) -> float | None:
         return None
 
 
-def _materialise(data_b64: str | None, path: str | None, base: Path, tmp: Path, name: str) -> str | None:
-    """A kubeconfig names certs by path or embeds them; ssl needs paths, so embedded data is written out."""
+def _pem(data_b64: str | None, path: str | None, base: Path) -> bytes | None:
+    """A kubeconfig names certificates and keys by path or embeds them (base64)."""
     if data_b64:
-        target = tmp / name
-        target.write_bytes(base64.b64decode(data_b64))
-        return str(target)
+        return base64.b64decode(data_b64)
     if path:
-        return str((base / path) if not os.path.isabs(path) else Path(path))
+        return ((base / path) if not os.path.isabs(path) else Path(path)).read_bytes()
     return None
+
+
+def _context(ca_pem: bytes | None, cert_pem: bytes | None, key_pem: bytes | None) -> ssl.SSLContext:
+    """An SSL context from PEM data. ``ssl`` loads a client certificate only from files, so those are
+    written to a private temporary directory for the call and removed at once."""
+    context = ssl.create_default_context(cadata=ca_pem.decode() if ca_pem else None)
+    if cert_pem and key_pem:
+        with tempfile.TemporaryDirectory(prefix="armcpu-kube-") as tmp:
+            cert, key = Path(tmp) / "client.crt", Path(tmp) / "client.key"
+            cert.write_bytes(cert_pem)
+            key.touch(mode=0o600)
+            key.write_bytes(key_pem)
+            context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
@@ -120,17 +187,20 @@ def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
         raise ConfigError(f"{path}: context {ctx_name!r} not found")
     ctx = contexts[ctx_name]
     cluster = {c["name"]: c["cluster"] for c in doc.get("clusters", [])}[ctx["cluster"]]
-    user = {u["name"]: u["user"] for u in doc.get("users", [])}.get(ctx.get("user"), {})
+    user = {u["name"]: u["user"] for u in doc.get("users", [])}.get(ctx.get("user"), {}) or {}
     base = path.parent
-    tmp = Path(tempfile.mkdtemp(prefix="armcpu-kube-"))
-    cafile = _materialise(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base, tmp, "ca.crt")
-    context_ssl = ssl.create_default_context(cafile=cafile)
-    cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"), base, tmp, "client.crt")
-    key = _materialise(user.get("client-key-data"), user.get("client-key"), base, tmp, "client.key")
-    if cert and key:
-        context_ssl.load_cert_chain(cert, key)
+    ca = _pem(cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base)
+    cert = _pem(user.get("client-certificate-data"), user.get("client-certificate"), base)
+    key = _pem(user.get("client-key-data"), user.get("client-key"), base)
+    plugin = None
+    if user.get("exec"):
+        spec = user["exec"]
+        plugin = ExecPlugin(command=str(spec["command"]), args=tuple(str(a) for a in spec.get("args") or ()),
+                            env=tuple((str(e["name"]), str(e["value"])) for e in spec.get("env") or ()),
+                            api_version=str(spec.get("apiVersion") or ExecPlugin.api_version), base=base)
     token_file = Path(user["tokenFile"]) if user.get("tokenFile") else None
-    return Credentials(server=cluster["server"].rstrip("/"), ssl_context=context_ssl, token=user.get("token"), token_file=token_file)
+    return Credentials(server=cluster["server"].rstrip("/"), ssl_context=_context(ca, cert, key), token=user.get("token"),
+                       token_file=token_file, exec_plugin=plugin, ca_pem=ca, cert_pem=cert, key_pem=key)
 
 
 def in_cluster() -> Credentials:
@@ -140,7 +210,8 @@ def in_cluster() -> Credentials:
     if ":" in host:
         host = f"[{host}]"
     ctx = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
-    return Credentials(server=f"https://{host}:{port}", ssl_context=ctx, token_file=SERVICE_ACCOUNT_DIR / "token")
+    return Credentials(server=f"https://{host}:{port}", ssl_context=ctx, token_file=SERVICE_ACCOUNT_DIR / "token",
+                       ca_file=SERVICE_ACCOUNT_DIR / "ca.crt")
 
 
 def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:

@@ -60,8 +60,17 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's connection, from the operator's one credential path (kubeconfig, exec plugin or
+    in-cluster, as :func:`armcpu_k8s.kube.load_credentials` read them): kopf and armcpu's client
+    always talk to the same server as the same user. kopf logs in again on a 401, and before an
+    exec plugin's token expires."""
+    creds = _kube().credentials
+    token = creds.bearer()
+    return kopf.ConnectionInfo(server=creds.server, ca_path=str(creds.ca_file) if creds.ca_file else None, ca_data=creds.ca_pem,
+                               certificate_data=creds.cert_pem, private_key_data=creds.key_pem, token=token,
+                               scheme="Bearer" if token else None,
+                               expiration=creds.exec_plugin.expires if creds.exec_plugin is not None else None)
 
 
 # ------------------------------------------------------------------ indexes (memory, no LIST per event)

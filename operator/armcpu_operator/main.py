@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_format)
     for noisy in ("kopf.objects", "kopf.activities.startup", "kopf._core.reactor.running"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = str(args.kubeconfig)  # kopf's login reads it too
     try:
         credentials = load_credentials(args.kubeconfig)
     except (ConfigError, OSError) as exc:
