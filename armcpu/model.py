@@ -83,8 +83,9 @@ def _clidr_for(ctr: int, profiles: Sequence[Profile], folded: int) -> int:
     # the member asking for the most maintenance (order-independent: the same pool gives the same model)
     chosen = max(matching, key=lambda v: (reg.field("LoUU").extract(v), reg.field("LoUIS").extract(v), reg.field("LoC").extract(v), v),
                  default=folded)
-    if want[0] == 0 and clidr_implies_idc(chosen):
-        # without IDC a CLIDR must not claim it (KVM refuses it): what KVM fabricates then has LoUU = LoUIS = 1
+    if not matching and want[0] == 0 and clidr_implies_idc(chosen):
+        # A folded CLIDR without IDC must not claim it (KVM refuses it): what KVM fabricates then has
+        # LoUU = LoUIS = 1. A member's own CLIDR is kept as it is: its kernel showed it with that CTR.
         for name in ("LoUU", "LoUIS", "LoC"):
             fld = reg.field(name)
             chosen = fld.insert(chosen, max(1, fld.extract(chosen)))
