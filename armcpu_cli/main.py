@@ -11,14 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from armcpu import catalog, features, hwcaps, kvm, midr, named_models, render
-from armcpu.model import Applied, CombineResult, Model, SettingError, apply, can_run, combine, diff, model_of
+from armcpu import features, hwcaps, midr, named_models, pool
+from armcpu.model import Applied, CombineResult, Model, SettingError, can_run, diff, model_of
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
 
 
@@ -35,20 +34,10 @@ def load_profile(path: str, assume_kvm: bool = False) -> Profile:
         raise CliError(f"{path}: not valid JSON: {exc}") from None
     profile = from_dict(data, path)
     if assume_kvm:
-        profile = assume_kvm_masks(profile)
+        profile = pool.assume_kvm(profile)
     return profile
 
 
-def assume_kvm_masks(profile: Profile) -> Profile:
-    """Give a profile without masks the writable masks of a 6.18-era KVM (planning only)."""
-    if profile.writable is not None:
-        return profile
-    el0 = catalog.field("ID_AA64PFR0_EL1", "EL0").extract(profile.value("ID_AA64PFR0_EL1"))
-    return replace(
-        profile,
-        writable=kvm.assumed_writable_masks(aarch32_el0=el0 >= 2),
-        kvm=replace(profile.kvm, writable_imp_id_regs=True),
-    )
 
 
 def model_to_dict(m: Model) -> dict[str, Any]:
@@ -98,7 +87,6 @@ def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     profiles = [load_profile(p, args.assume_kvm) for p in args.profiles]
-    result: CombineResult = combine(profiles, identity_from=args.identity_from)
     feats = {}
     for name, state in _parse_kv(args.feature, "feature").items():
         feats[name] = {"off": "Disabled", "on": "Required"}.get(state.lower(), state)
@@ -113,19 +101,16 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise CliError(f"--base: {exc.args[0]}") from None
     try:
-        applied: Applied = apply(
-            result.model,
-            base=base.as_model() if base else None,
-            base_covered=base.covered if base else None,
-            feature_settings=feats,
-            register_settings=regs,
-            pool=profiles,
-        )
+        planned = pool.plan_pool(profiles, identity_from=args.identity_from, base=base, feature_settings=feats, register_settings=regs)
     except SettingError as exc:
         raise CliError(str(exc)) from None
+    except ValueError as exc:  # an --identity-from that names no member
+        raise CliError(str(exc).replace("identity_from", "--identity-from")) from None
+    result: CombineResult = planned.combined
+    applied: Applied = planned.applied
     m = applied.model
-    checks = {p.name: can_run(p, m) for p in profiles}
-    rendering = render.RENDERERS[render.DEFAULT_TARGET].render(m, profiles)
+    checks = planned.checks
+    rendering = planned.qemu
     if args.output == "qemu":
         print(f"-cpu {rendering.cpu_arg}")
         if rendering.machine_properties:

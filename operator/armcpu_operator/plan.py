@@ -20,7 +20,7 @@ from typing import Any
 
 from armcpu import features as feats
 from armcpu import model as algebra
-from armcpu import render
+from armcpu import pool as pools
 from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
 from armcpu.verification import KernelVerdict, verification_key
 from armcpu_k8s import labels as keys
@@ -101,10 +101,9 @@ class Rendered:
     libvirt_disabled: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, model: algebra.Model, pool: Sequence[Profile]) -> Rendered:
-        qemu = render.QemuSysregV9().render(model, pool)
-        libvirt = render.LibvirtToday().render(model, pool).libvirt_disabled
-        return cls(qemu.cpu_arg, ",".join(qemu.machine_properties) or None, libvirt)
+    def of(cls, planned: pools.PoolPlan) -> Rendered:
+        qemu = planned.qemu
+        return cls(qemu.cpu_arg, ",".join(qemu.machine_properties) or None, planned.libvirt.libvirt_disabled)
 
     @classmethod
     def from_status(cls, model_status: Mapping[str, Any]) -> Rendered:
@@ -208,23 +207,17 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
     if request.identity_from is not None and request.identity_from not in {p.name for p in pool}:
         return None, Rendered(), (f"spec.identityFrom: {request.identity_from!r} is not a selected node with a usable profile; "
                                   f"members: {', '.join(p.name for p in pool)}")
-    combined = algebra.combine(pool, identity_from=request.identity_from)
-    if not combined.feasible:
-        reasons = "; ".join(b.message() for b in combined.blockers[:5])
-        more = f" (and {len(combined.blockers) - 5} more)" if len(combined.blockers) > 5 else ""
-        return None, Rendered(), f"the selected nodes cannot share one model: {reasons}{more}"
     try:
-        applied = algebra.apply(
-            combined.model,
-            base=request.base.as_model() if request.base else None,
-            base_covered=request.base.covered if request.base else None,
-            feature_settings=request.feature_settings,
-            register_settings=request.register_settings,
-            pool=pool,
-        )
+        planned = pools.plan_pool(pool, identity_from=request.identity_from, base=request.base,
+                                  feature_settings=request.feature_settings, register_settings=request.register_settings)
     except algebra.SettingError as exc:
         return None, Rendered(), f"spec.{exc}"
-    return applied.model, Rendered.of(applied.model, pool), ""
+    if not planned.feasible:
+        blockers = planned.combined.blockers
+        reasons = "; ".join(b.message() for b in blockers[:5])
+        more = f" (and {len(blockers) - 5} more)" if len(blockers) > 5 else ""
+        return None, Rendered(), f"the selected nodes cannot share one model: {reasons}{more}"
+    return planned.model, Rendered.of(planned), ""
 
 
 def _live_revisions(old: Mapping[str, Any], revision: int, running: Mapping[str, int]) -> list[dict[str, Any]]:

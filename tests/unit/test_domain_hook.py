@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from armcpu.model import combine
+from armcpu.pool import assume_kvm as assume_kvm_masks
 from armcpu.render import RENDERERS
-from armcpu_cli.main import assume_kvm_masks
 from armcpu_k8s import domain_hook
 from tests.helpers import load_cpu
 

@@ -8,9 +8,9 @@ import pytest
 
 from armcpu import catalog, features, hwcaps
 from armcpu.model import Model, SettingError, apply, can_run, combine, diff, model_of
+from armcpu.pool import assume_kvm as assume_kvm_masks
 from armcpu.profile import KvmInfo
 from armcpu.render import RENDERERS
-from armcpu_cli.main import assume_kvm_masks
 from tests.helpers import load_cpu, raw_cpu
 
 kvm_ready = assume_kvm_masks  # a 6.18-era KVM's masks and cap 239, as `armcpu --assume-kvm` gives
