@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from armcpu import kvm
 from armcpu import model as algebra
@@ -181,6 +182,14 @@ def unsafe_vms(admin: Kube) -> list[str]:
             profiles[parsed.name] = parsed
     nodes = admin.get("/api/v1/nodes")["items"]
     problems = []
+    verdicts: dict[tuple[str, str, int], bool] = {}  # (node, model, revision): thousands of VMs share a handful
+
+    def runs(node_name: str, name: str, revision: int, entry: dict[str, Any]) -> bool:
+        key = (node_name, name, revision)
+        if key not in verdicts:
+            verdicts[key] = node_name in profiles and algebra.can_run(profiles[node_name], plan.model_from_status(entry)).ok
+        return verdicts[key]
+
     for vm in admin.get("/apis/kubevirt.io/v1/virtualmachines")["items"]:
         name = vms.uses(vm)
         status = models.get(name or "")
@@ -198,8 +207,7 @@ def unsafe_vms(admin: Kube) -> list[str]:
                 continue
             node_name = node["metadata"]["name"]
             for revision in wanted:
-                model = plan.model_from_status(revisions[revision])
-                if node_name not in profiles or not algebra.can_run(profiles[node_name], model).ok:
+                if not runs(node_name, name, revision, revisions[revision]):
                     problems.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']} admits {node_name}, "
                                     f"which cannot run {name} revision {revision}")
     return problems
