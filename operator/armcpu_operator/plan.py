@@ -31,6 +31,17 @@ MAX_LISTED_NODES = 20
 MAX_REASONS_PER_NODE = 5
 MAX_LIVE_REVISIONS = 16
 EVENT_NODE_LIST = 5
+MAX_REASON_CHARS = 300  # one node's reason: a profile's text is quoted in it, and one huge name must not swell every status
+MAX_MESSAGE_CHARS = 2048  # a condition's or an Event's message
+
+
+def capped(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut: status and Events stay bounded
+    whatever a node's agent (or a hostile writer of its profile) put into the profile."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(note))] + note
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ def _condition(old: Sequence[Mapping[str, Any]], ctype: str, status: str, reason
                now: str) -> dict[str, Any]:
     previous = next((c for c in old if c.get("type") == ctype), None)
     since = previous["lastTransitionTime"] if previous and previous.get("status") == status and previous.get("lastTransitionTime") else now
-    return {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": since,
+    return {"type": ctype, "status": status, "reason": reason, "message": capped(message, MAX_MESSAGE_CHARS), "lastTransitionTime": since,
             "observedGeneration": generation}
 
 
@@ -266,7 +277,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         ]
         if not any(c.get("type") == "Invalid" and c.get("status") == "True" and c.get("message") == message for c in old_conditions):
             events.append(Event("Warning", "InvalidSpec", message))
-        return Plan(status=invalid_status, events=events, applied=applied)
+        return Plan(status=invalid_status, events=[replace(e, message=capped(e.message, MAX_MESSAGE_CHARS)) for e in events], applied=applied)
 
     def pool_of(req: specs.Request) -> tuple[list[str], list[Profile], dict[str, list[str]]]:
         chosen = sorted(n for n, node_labels in nodes.items() if selectors.matches(req.selector, node_labels))
@@ -313,7 +324,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
                 mismatches.append(mismatch)
             if verdict == "compatible":
                 compatible.append(profile.name)
-                warnings += [{"name": profile.name, "message": w} for w in check.warnings]
+                warnings += [{"name": profile.name, "message": capped(w)} for w in check.warnings]
             elif verdict == "pending":
                 pending.append(profile.name)
             elif not check.ok:
@@ -386,7 +397,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         "specHash": (old.get("specHash") if spec_change_waits else effective.spec_hash) if model is not None else old.get("specHash"),
         "model": model_to_status(model, rendered) if model is not None else None,
         "nodes": {"selected": len(selected), "compatible": len(compatible), "incompatible": len(inc_names)},
-        "incompatibleNodes": [{"name": n, "reasons": incompatible[n]} for n in inc_names[:MAX_LISTED_NODES]],
+        "incompatibleNodes": [{"name": n, "reasons": [capped(r) for r in incompatible[n]]} for n in inc_names[:MAX_LISTED_NODES]],
         "incompatibleNodesOmitted": max(0, len(inc_names) - MAX_LISTED_NODES),
         "nodeWarnings": warnings[:MAX_LISTED_NODES],
         "conditions": conditions,
@@ -412,6 +423,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         events.append(Event("Warning", "NodesIncompatible", f"cannot run revision {revision}: " + "; ".join(
             f"{n}: {incompatible[n][0]}" for n in newly[:EVENT_NODE_LIST])))
     in_effect = (applied if spec_change_waits else effective) if model is not None else request
+    events = [replace(e, message=capped(e.message, MAX_MESSAGE_CHARS)) for e in events]
     return Plan(status=status, label_changes=label_changes, events=events, compatible=tuple(compatible),
                 incompatible=tuple(inc_names), selected=tuple(selected), pending=tuple(sorted(pending)), applied=in_effect)
 

@@ -377,3 +377,19 @@ def test_an_invalid_spec_change_moves_no_vm_selector() -> None:
     assert spec.applied_spec(valid, legacy) == valid and spec.applied_spec(bad, legacy) is None
     unknown = reconcile(cpumodel(bad, legacy, generation=2), applied(nodes, first), profiles, LATER)
     assert unknown.applied is None, "nothing known to be in effect: VMs are left exactly as they are"
+
+
+def test_one_node_with_a_huge_profile_cannot_swell_the_status() -> None:
+    """Issue 19: an 800 KB register name in one agent's profile was quoted twice into every
+    selecting CpuModel's status, until etcd refused each status write ("request is too large")."""
+    import json
+
+    nodes, profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "bad": "graviton3-neoverse-v1-host6.18.json"})
+    huge = "ID_" + "X" * 800_000 + "_EL1"
+    profiles["bad"] = {**profiles["bad"], "registers": {**profiles["bad"]["registers"], huge: "0x1"}}
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    assert result.compatible == ("g4",) and result.incompatible == ("bad",)
+    assert len(json.dumps(result.status)) < 32_000
+    reason = result.status["incompatibleNodes"][0]["reasons"][0]
+    assert len(reason) <= plan.MAX_REASON_CHARS and "more characters)" in reason
+    assert all(len(e.message) <= plan.MAX_MESSAGE_CHARS for e in result.events)
