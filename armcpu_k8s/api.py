@@ -20,6 +20,8 @@ HEX64 = r"^0x[0-9a-fA-F]{1,16}$"
 HEX32 = r"^0x[0-9a-fA-F]{1,8}$"
 REGISTER_NAME = r"^[A-Za-z][A-Za-z0-9_]{1,40}$"
 MAX_REGISTERS = 256  # armcpu.profile._MAX_REGISTERS
+# register-keyed maps: a key is a register name (one agent's profile must not carry an 800 KB key into every status)
+REGISTER_KEYS = {"rule": "self.all(k, size(k) <= 41)", "message": "register names are at most 41 characters"}
 
 
 class _Schema(BaseModel):
@@ -51,7 +53,8 @@ class CoreSpec(_Schema):
 class KvmSpec(_Schema):
     """What the KVM probe learnt besides register values."""
 
-    vcpu_features: list[str] = Field(default_factory=list, max_length=16, description="vCPU features the scratch vCPU was created with.")
+    vcpu_features: list[str] = Field(default_factory=list, max_length=16, description="vCPU features the scratch vCPU was created with.",
+                                     json_schema_extra={"items": {"type": "string", "maxLength": 32}})
     writable_imp_id_regs: bool | None = Field(None, description="KVM_CAP_ARM_WRITABLE_IMP_ID_REGS: MIDR/REVIDR/AIDR can be set per VM.")
     reg_mask_ranges: bool | None = Field(None, description="KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES: writable masks were reported.")
     vendor_hyp_bmap_2: str | None = Field(None, pattern=HEX64, description="KVM_REG_ARM_VENDOR_HYP_BMAP_2 (errata hypercalls), if present.")
@@ -79,13 +82,13 @@ class NodeCpuProfileSpec(_Schema):
     registers: dict[str, str] = Field(
         max_length=MAX_REGISTERS,
         description="ID register values (hex) as the probe read them; absent registers read as zero.",
-        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}, "x-kubernetes-validations": [REGISTER_KEYS]},
     )
     writable_masks: dict[str, str] | None = Field(
         None,
         max_length=MAX_REGISTERS,
         description="Bits KVM lets userspace write (KVM_ARM_GET_REG_WRITABLE_MASKS); absent when the kernel reports none.",
-        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}, "x-kubernetes-validations": [REGISTER_KEYS]},
     )
     cores: list[CoreSpec] = Field(default_factory=list, max_length=64, description="Distinct core types of the node.")
     probe: Literal["kvm", "mrs", "sysfs"] = Field(
@@ -99,7 +102,7 @@ class NodeCpuProfileSpec(_Schema):
         None, max_length=MAX_REGISTERS,
         description="Registers a guest started with this node's own view reads differently from `registers` (the physical CTR_EL0 "
         "KVM passes through, DCZID_EL0 KVM never shows userspace); empty: none; absent: not measured.",
-        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}},
+        json_schema_extra={"additionalProperties": {"type": "string", "pattern": HEX64}, "x-kubernetes-validations": [REGISTER_KEYS]},
     )
     verifications: list[VerificationSpec] = Field(
         default_factory=list, max_length=32,
