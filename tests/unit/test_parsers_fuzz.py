@@ -99,7 +99,7 @@ def test_spec_parser_and_reconcile_turn_bad_specs_into_an_invalid_condition(spec
     kinds = {c["type"]: c for c in result.status["conditions"]}
     assert (kinds["Invalid"]["status"] == "True") == bool(request.errors)
     if request.errors:
-        assert result.label_changes == {} and kinds["Invalid"]["message"] == "; ".join(request.errors)
+        assert result.label_changes == {} and kinds["Invalid"]["message"] == plan.capped("; ".join(request.errors), plan.MAX_MESSAGE_CHARS)
 
 
 @settings(max_examples=500, deadline=None)
