@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from armcpu_k8s.group import API_VERSION, GROUP, VERSION
 
@@ -21,7 +22,7 @@ HEX32 = r"^0x[0-9a-fA-F]{1,8}$"
 REGISTER_NAME = r"^[A-Za-z][A-Za-z0-9_]{1,40}$"
 MAX_REGISTERS = 256  # armcpu.profile._MAX_REGISTERS
 # register-keyed maps: a key is a register name (one agent's profile must not carry an 800 KB key into every status)
-REGISTER_KEYS = {"rule": "self.all(k, size(k) <= 41)", "message": "register names are at most 41 characters"}
+REGISTER_KEYS: JsonDict = {"rule": "self.all(k, size(k) <= 41)", "message": "register names are at most 41 characters"}
 
 
 class _Schema(BaseModel):
