@@ -121,13 +121,16 @@ def _run(what: str, command: list[str], timeout: float | None = None) -> subproc
 
 
 def wheel_into(site: Path) -> None:
-    """Install this checkout's armcpu wheel (no dependencies: the guest has Debian's) into ``site``."""
+    """Install this checkout's armcpu wheel (no dependencies: the guest has Debian's) into ``site``,
+    and beside it this test support (not part of the wheel), whose tier driver runs in the guest."""
     with tempfile.TemporaryDirectory() as wheels:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "-w", wheels, str(REPO)], check=True)
         (wheel,) = Path(wheels).glob("armcpu-*.whl")
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
                         "--target", str(site), str(wheel)], check=True)
+    shutil.rmtree(site / "armcpu_testing", ignore_errors=True)  # a stale build/ may have put an old copy into the wheel
+    shutil.copytree(REPO / "armcpu_testing", site / "armcpu_testing", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def _ext4(source: Path, image: Path, size_mb: int) -> None:
