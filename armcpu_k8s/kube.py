@@ -17,6 +17,7 @@ import os
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -233,6 +234,8 @@ class Kube:
     on_write: Callable[[str, str, int], None] | None = None
     throttle_retries: int = 3  # a 429 (API priority and fairness, max-inflight) was not processed: wait as told and send again
     max_retry_after: float = 10.0
+    # one kept-alive connection per thread: a TLS handshake per request cost more CPU than the request (benchmarks/clients.py)
+    _pool: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     def _prepare(self, method: str, path: str, data: bytes | None, content_type: str,
                  query: Mapping[str, str] | None, accept: str | None = None) -> urllib.request.Request:
@@ -268,9 +271,81 @@ class Kube:
                 time.sleep(min(self.max_retry_after, exc.retry_after if exc.retry_after is not None else 1.0 * (attempt + 1)))
         raise AssertionError("unreachable")
 
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to the API server, and whether it was used before."""
+        conn: http.client.HTTPConnection | None = getattr(self._pool, "conn", None)
+        if conn is not None:
+            return conn, True
+        parts = urllib.parse.urlsplit(self.credentials.server)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(host, parts.port or 443, timeout=self.timeout, context=self.credentials.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(host, parts.port or 80, timeout=self.timeout)
+        self._pool.conn = conn
+        return conn, False
+
+    def close(self) -> None:
+        """Close this thread's kept-alive connection (the next request opens a new one)."""
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._pool, "conn", None)
+        self._pool.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _proxied(self) -> bool:
+        """An HTTP(S) proxy applies to the server (HTTPS_PROXY and NO_PROXY, as urllib reads them):
+        requests then go through urllib, which speaks to proxies, one connection each."""
+        parts = urllib.parse.urlsplit(self.credentials.server)
+        return bool(urllib.request.getproxies().get(parts.scheme)) and not urllib.request.proxy_bypass(parts.hostname or "")
+
     def _request_once(self, method: str, path: str, body: object, content_type: str,
                       query: Mapping[str, str] | None, accept: str | None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: encoded already
+        if self._proxied():
+            return self._request_urllib(method, path, data, content_type, query, accept)
+        req = self._prepare(method, path, data, content_type, query, accept)
+        target = urllib.parse.urlsplit(req.full_url)
+        headers = dict(req.header_items())
+        status = 0
+        try:
+            for attempt in (0, 1):
+                conn, reused = self._connection()
+                try:
+                    conn.request(method, target.path + (f"?{target.query}" if target.query else ""), body=data, headers=headers)
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                    self._drop_connection()
+                    if reused and attempt == 0:
+                        continue  # a kept-alive connection the server had closed while idle: the request never reached it
+                    raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                except http.client.HTTPException as exc:  # a response cut off mid-way: a transport failure like a reset
+                    self._drop_connection()
+                    raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                except OSError:
+                    self._drop_connection()
+                    raise
+                if resp.will_close:
+                    self._drop_connection()
+                status = resp.status
+                break
+        finally:
+            if method in WRITE_METHODS and self.on_write is not None:
+                self.on_write(method, path, status)
+        if status >= 400:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = {"reason": resp.reason, "message": raw.decode(errors="replace")}
+            raise ApiError(status, str(payload.get("reason", resp.reason)), str(payload.get("message", "")), method, path,
+                           retry_after=_seconds(resp.getheader("Retry-After")))
+        return json.loads(raw) if raw else None
+
+    def _request_urllib(self, method: str, path: str, data: bytes | None, content_type: str,
+                        query: Mapping[str, str] | None, accept: str | None) -> Any:
         req = self._prepare(method, path, data, content_type, query, accept)
         status = 0
         try:
@@ -327,7 +402,7 @@ class Kube:
     def merge_patch(self, path: str, body: object) -> Any:
         return self.request("PATCH", path, body, MERGE_PATCH)
 
-    def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+    def json_patch(self, path: str, ops: list[dict[str, Any]] | bytes) -> Any:
         return self.request("PATCH", path, ops, JSON_PATCH)
 
     def delete(self, path: str) -> Any:

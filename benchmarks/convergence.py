@@ -32,7 +32,7 @@ from typing import Any
 
 from armcpu.profile import to_dict
 from armcpu_k8s.kube import Kube, load_kubeconfig
-from armcpu_operator import vms
+from armcpu_operator.planning import vms
 from armcpu_testing.controlplane import REPO, ControlPlane, free_port, running
 from armcpu_testing.fixtures import host_618_profile
 

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from armcpu_k8s.kube import ApiError, Kube
+from armcpu_k8s.resources import CPUMODELS
 
 log = logging.getLogger(__name__)
-PATH = "/apis/armcpu.io/v1alpha1/cpumodels"
+PATH = CPUMODELS.collection()
 
 
 class CpuModels:

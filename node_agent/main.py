@@ -29,11 +29,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from armcpu.profile import to_dict
 from armcpu_k8s import logs, serving
 from armcpu_k8s.kube import ApiError, ConfigError, Kube, load_credentials
+from armcpu_k8s.resources import NODES
 from node_agent import plan, verifier, verify_cmd
 from node_agent.collect import NotArm64, Sources, collect
 from node_agent.cpumodels import CpuModels
 from node_agent.probes import ProbeError, kvm_replay, kvm_session
-from node_agent.publish import NODES, NodeMissing, publish
+from node_agent.publish import NodeMissing, publish
 
 log = logging.getLogger("armcpu.agent")
 
@@ -124,7 +125,7 @@ class Agent:
         finally:
             self.metrics.probe_seconds.observe(time.monotonic() - start)
         try:
-            node = self.kube.get_or_none(f"{NODES}/{self.args.node_name}")
+            node = self.kube.get_or_none(NODES.item(self.args.node_name))
             if node is not None:
                 profile = self._with_verdicts(profile, node)
             result = publish(self.kube, self.args.node_name, profile, self.args.feature_labels, node=node)

@@ -13,10 +13,8 @@ from typing import Any
 
 from armcpu.profile import Profile
 from armcpu_k8s.kube import ApiError, Kube
+from armcpu_k8s.resources import NODECPUPROFILES, NODES
 from node_agent import plan
-
-PROFILES = "/apis/armcpu.io/v1alpha1/nodecpuprofiles"
-NODES = "/api/v1/nodes"
 
 
 @dataclass(frozen=True)
@@ -31,15 +29,15 @@ class NodeMissing(Exception):
 
 def publish(kube: Kube, node_name: str, profile: Profile, feature_labels: bool = False, node: Any = None) -> Published:
     """``node``: the Node as the caller just read it (saves a GET), else read here."""
-    node = node if node is not None else kube.get_or_none(f"{NODES}/{node_name}")
+    node = node if node is not None else kube.get_or_none(NODES.item(node_name))
     if node is None:
         raise NodeMissing(f"node {node_name!r} does not exist (is --node-name / NODE_NAME right?)")
     desired = plan.profile_object(node, profile)
-    path = f"{PROFILES}/{node_name}"
+    path = NODECPUPROFILES.item(node_name)
     existing = kube.get_or_none(path)
     written = None
     if existing is None:
-        kube.create(PROFILES, desired)
+        kube.create(NODECPUPROFILES.collection(), desired)
         written = "created"
     elif plan.profile_needs_update(existing, desired):
         body = dict(desired)
@@ -50,7 +48,7 @@ def publish(kube: Kube, node_name: str, profile: Profile, feature_labels: bool =
     patch = plan.label_patch(node["metadata"].get("labels", {}), plan.desired_labels(profile, feature_labels))
     if patch:
         try:
-            kube.merge_patch(f"/api/v1/nodes/{node_name}", {"metadata": {"labels": patch}})
+            kube.merge_patch(NODES.item(node_name), {"metadata": {"labels": patch}})
         except ApiError as exc:
             raise ApiError(exc.status, exc.reason, f"labelling node {node_name}: {exc.message}", "PATCH", f"nodes/{node_name}") from None
     return Published(profile_written=written, labels_changed=tuple(sorted(patch)))

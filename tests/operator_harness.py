@@ -22,7 +22,7 @@ from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict
 from armcpu_k8s import labels as keys
 from armcpu_k8s.kube import ApiError, Kube
-from armcpu_operator import plan, vms
+from armcpu_operator.planning import plan, vms
 from armcpu_testing.controlplane import ControlPlane, free_port
 from armcpu_testing.waiting import wait_for
 from node_agent.collect import Sources, collect

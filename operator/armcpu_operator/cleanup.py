@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from armcpu_k8s import labels
-from armcpu_k8s.kube import ApiError, Kube
-from armcpu_operator import hookmaps, vms
+from armcpu_k8s.kube import GONE, ApiError, Kube, outcome
+from armcpu_k8s.resources import NODES, VMIS, VMS
+from armcpu_operator import hookmaps
+from armcpu_operator.planning import hooks, vms
 
 log = logging.getLogger("armcpu.cleanup")
 
@@ -46,13 +48,13 @@ def _pages(kube: Kube, path: str) -> Iterator[list[dict[str, Any]]]:
 
 
 def _remove_hook_configmaps(kube: Kube) -> int:
-    in_use = {vmi["metadata"]["namespace"] for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachineinstances")
+    in_use = {vmi["metadata"]["namespace"] for items in _pages(kube, VMIS.collection())
               for vmi in items if vms.HOOK_ANNOTATION in (vmi["metadata"].get("annotations") or {})}
     held = hookmaps.held_namespaces(kube)
     for namespace in sorted(in_use & set(held)):
         log.warning("domain hook ConfigMap kept: running VMs were started with it", extra={"namespace": namespace})
     unused = tuple(sorted(set(held) - in_use))
-    ok = hookmaps.apply(kube, hookmaps.Changes(delete=unused), held)
+    ok = hookmaps.apply(kube, hooks.Changes(delete=unused), held)
     if unused:
         log.info("domain hook ConfigMaps removed", extra={"namespaces": [ns for ns in unused if ns not in held]})
     return 0 if ok else 1
@@ -60,27 +62,27 @@ def _remove_hook_configmaps(kube: Kube) -> int:
 
 def run(kube: Kube) -> int:
     failed = 0
-    for items in _pages(kube, "/apis/kubevirt.io/v1/virtualmachines"):
+    for items in _pages(kube, VMS.collection()):
         for vm in items:
             ops = vms.patch(vm, None) if vms.uses(vm) else []
             if not ops:
                 continue
             meta = vm["metadata"]
             try:
-                kube.json_patch(f"/apis/kubevirt.io/v1/namespaces/{meta['namespace']}/virtualmachines/{meta['name']}", ops)
+                kube.json_patch(VMS.item(meta["name"], meta["namespace"]), ops)
                 log.info("VM restored", extra={"vm": f"{meta['namespace']}/{meta['name']}"})
-            except ApiError as exc:
-                if exc.status != 404:
+            except (ApiError, OSError) as exc:
+                if outcome(exc) != GONE:
                     failed += 1
                     log.error("cannot restore VM", extra={"vm": f"{meta['namespace']}/{meta['name']}", "error": str(exc)})
     failed += _remove_hook_configmaps(kube)
-    for items in _pages(kube, "/api/v1/nodes"):
+    for items in _pages(kube, NODES.collection()):
         for name, patch in plan(items).items():
             try:
-                kube.merge_patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": patch}})
+                kube.merge_patch(NODES.item(name), {"metadata": {"labels": patch}})
                 log.info("labels removed", extra={"node": name, "labels": sorted(patch)})
-            except ApiError as exc:
-                if exc.status != 404:
+            except (ApiError, OSError) as exc:
+                if outcome(exc) != GONE:
                     failed += 1
                     log.error("cannot remove labels", extra={"node": name, "error": str(exc)})
     return 1 if failed else 0

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from armcpu_k8s.kube import ApiError, Kube
+from armcpu_k8s.kube import CONFLICT, ApiError, Kube, outcome
+from armcpu_k8s.resources import LEASES
 
 log = logging.getLogger("armcpu.leader")
 
@@ -81,7 +82,7 @@ class LeaderElection:
 
     @property
     def path(self) -> str:
-        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{self.name}"
+        return LEASES.item(self.name, self.namespace)
 
     def _spec(self, acquire: str | None, transitions: int) -> dict[str, Any]:
         now = _fmt(self.wall())
@@ -111,10 +112,10 @@ class LeaderElection:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": self._spec(None, 0)}
             try:
-                self._client(deadline).create(f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
+                self._client(deadline).create(LEASES.collection(self.namespace), body)
                 return True
             except ApiError as exc:
-                if exc.status == 409:
+                if outcome(exc) == CONFLICT:  # another replica created it first
                     return False
                 raise
         spec = lease.get("spec") or {}
@@ -129,7 +130,7 @@ class LeaderElection:
         try:
             written = self._client(deadline).request("PUT", self.path, lease)
         except ApiError as exc:
-            if exc.status == 409:
+            if outcome(exc) == CONFLICT:  # another replica wrote it since we read it
                 return False
             raise
         self._observe((written or lease).get("spec") or {})

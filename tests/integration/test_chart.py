@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
-from armcpu_operator import hookmaps, vms
+from armcpu_operator import hookmaps
+from armcpu_operator.planning import hooks, vms
 from armcpu_testing import thirdparty
 from armcpu_testing.controlplane import ControlPlane
 from node_agent.cpumodels import CpuModels
@@ -186,7 +187,7 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     add_node(admin, "chart-op-b", {"pool": "chart-op"}, G3)  # two CPUs: the model lowers fields, the domain hook is needed
     control_plane.kubectl("create", "namespace", "chart-hook", check=False)
     # a stale copy of armcpu's own hook ConfigMap (as an older operator version left it): rewritten, not duplicated
-    stale = hookmaps.configmap("default", "#!/usr/bin/env python3\n# armcpu 0.0 hook\n")
+    stale = hooks.configmap("default", "#!/usr/bin/env python3\n# armcpu 0.0 hook\n")
     admin.create("/api/v1/namespaces/default/configmaps", stale)
     mark = control_plane.audit_mark()
     with running_operator(control_plane, identity="chart-op", webhook=False, kubeconfig=kubeconfig, namespace=NS,
@@ -281,7 +282,7 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     kubeconfig = control_plane.kubeconfig_with_token("cleanup-sa", _token(admin, f"{RELEASE}-cleanup"))
     for namespace in ("chart-clean-unused", "chart-clean-running"):
         control_plane.kubectl("create", "namespace", namespace, check=False)
-        admin.create(f"/api/v1/namespaces/{namespace}/configmaps", hookmaps.configmap(namespace, hookmaps.SCRIPT))
+        admin.create(f"/api/v1/namespaces/{namespace}/configmaps", hooks.configmap(namespace, hookmaps.SCRIPT))
     control_plane.kubectl("apply", "-f", "-", input=RUNNING_HOOKED_VMI)
     mark = control_plane.audit_mark()
     for _ in range(2):  # idempotent

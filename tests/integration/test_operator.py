@@ -12,7 +12,7 @@ import pytest
 from armcpu import model as algebra
 from armcpu.profile import Profile
 from armcpu_k8s.kube import Kube, load_kubeconfig
-from armcpu_operator import plan
+from armcpu_operator.planning import plan
 from armcpu_testing.controlplane import ControlPlane
 from tests.operator_harness import OPERATOR_USER, OperatorProcess, add_node, remove_node, running_operator, wait_for
 

@@ -195,7 +195,8 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 def test_hook_sidecar_enforcement_starts_qemu_with_the_model(control_plane: ControlPlane, admin: Kube, operator: OperatorProcess) -> None:
-    from armcpu_operator import hookmaps, vms
+    from armcpu_operator import hookmaps
+    from armcpu_operator.planning import hooks, vms
 
     add_node(admin, "hook-g3", {"pool": "hooked"}, G3_GUEST)
     add_node(admin, "hook-g4", {"pool": "hooked"}, G4_GUEST)
@@ -213,7 +214,7 @@ def test_hook_sidecar_enforcement_starts_qemu_with_the_model(control_plane: Cont
 
     assert json.loads(annotations[vms.HOOK_SIDECARS]) == [vms.HOOK_ENTRY]
     hook_map = wait_for(lambda: admin.get_or_none(f"/api/v1/namespaces/{NS}/configmaps/{vms.HOOK_CONFIGMAP}"), 20, "hook ConfigMap")
-    assert hook_map["data"] == {vms.HOOK_KEY: hookmaps.SCRIPT} and hook_map["metadata"]["labels"] == hookmaps.LABELS
+    assert hook_map["data"] == {vms.HOOK_KEY: hookmaps.SCRIPT} and hook_map["metadata"]["labels"] == hooks.LABELS
     check = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=_as_yaml(admin.get(vm_path("hooked-vm"))))
     assert check.returncode == 0, "the hooked VM is valid under KubeVirt's schema"
 
@@ -255,7 +256,7 @@ def test_a_running_vm_keeps_to_nodes_that_can_run_the_revision_it_started_with(c
                                                                                 operator: OperatorProcess) -> None:
     from armcpu import model as algebra
     from armcpu.profile import from_dict
-    from armcpu_operator import plan
+    from armcpu_operator.planning import plan
 
     add_node(admin, "live-g4", {"pool": "live"}, G4_GUEST)
     _apply_vm(control_plane, "live-vm", "live")

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
-from armcpu_operator import act, vms
+from armcpu_operator import executor
+from armcpu_operator.planning import vms
 from armcpu_testing.controlplane import ControlPlane, free_port, running
 from tests.helpers import REPO
 from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, converged, http_get, running_operator, wait_for
@@ -91,7 +92,7 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
             # server died before logging them, and their retry (or the watch) found them already applied.
             # The operator has at most WRITE_CONCURRENCY VM writes in flight.
             missing = set(vm_names) - set(patched)
-            assert len(missing) <= act.WRITE_CONCURRENCY, f"{len(missing)} VM writes missing from the audit log: {sorted(missing)}"
+            assert len(missing) <= executor.WRITE_CONCURRENCY, f"{len(missing)} VM writes missing from the audit log: {sorted(missing)}"
             print(f"API server and etcd unavailable for {outage:.1f}s")
         finally:
             agent.kill()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from armcpu_k8s.kube import ApiError, outcome
-from armcpu_operator.handlers import RETRY_MAX, retry_delay
+from armcpu_operator.reconciler import RETRY_MAX, retry_delay
 
 
 @pytest.mark.parametrize(("failure", "meaning"), [

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 
 from armcpu_k8s.kube import Credentials, Kube
-from armcpu_operator import act
+from armcpu_operator import executor
 
 Behaviour = Callable[[socket.socket], None]
 
@@ -84,6 +84,51 @@ def test_a_refused_connection_raises_oserror() -> None:
 @pytest.mark.parametrize("behaviour", [hang_up, half_a_response, refuse], ids=["hang-up", "half-a-response", "500"])
 def test_a_label_write_without_an_answer_is_reported_failed_for_a_retry(behaviour: Behaviour) -> None:
     with misbehaving_server(behaviour) as (kube, served):
-        failed = act.apply_labels(kube, {"n1": {"armcpu.io/x": "1"}, "n2": {"armcpu.io/x": None}})
+        failed = executor.apply_labels(kube, {"n1": {"armcpu.io/x": "1"}, "n2": {"armcpu.io/x": None}})
     assert failed == ["n1", "n2"]
     assert served[0] == 2
+
+
+OK_RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+def _read_request(conn: socket.socket) -> bool:
+    """One request's head and body (Content-Length); False when the client closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += conn.recv(65536)
+    return True
+
+
+def keep_alive(conn: socket.socket) -> None:
+    while _read_request(conn):
+        conn.sendall(OK_RESPONSE)
+
+
+def answer_once_then_close(conn: socket.socket) -> None:
+    """Answers as if the connection stays open, then closes it (an API server dropping an idle connection)."""
+    if _read_request(conn):
+        conn.sendall(OK_RESPONSE)
+
+
+def test_requests_of_one_thread_share_one_kept_alive_connection() -> None:
+    with misbehaving_server(keep_alive) as (kube, served):
+        answers = [kube.merge_patch(f"/api/v1/nodes/n{i}", {"metadata": {"labels": {"a": "b"}}}) for i in range(5)]
+        kube.close()
+    assert answers == [{"ok": True}] * 5
+    assert served[0] == 1, "one TCP (and TLS) connection for five requests"
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_once_without_losing_the_request() -> None:
+    with misbehaving_server(answer_once_then_close) as (kube, served):
+        assert kube.get("/api/v1/nodes") == {"ok": True}
+        assert kube.merge_patch("/api/v1/nodes/n1", {"metadata": {"labels": {"a": "b"}}}) == {"ok": True}
+        kube.close()
+    assert served[0] == 2, "the stale connection was dropped and the request sent once on a new one"

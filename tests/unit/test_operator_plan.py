@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict, to_dict
 from armcpu_k8s import labels, selectors
-from armcpu_operator import plan, spec
-from armcpu_operator.state import State
+from armcpu_operator.caches import Caches
+from armcpu_operator.planning import plan, spec
 from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import CPUS
 
@@ -181,7 +181,7 @@ def test_selectors(selector: dict[str, Any], labels: dict[str, str], expected: b
 
 
 def test_only_events_that_can_change_a_model_wake_it() -> None:
-    state = State()
+    state = Caches()
     sels = {"m": {"matchLabels": {"pool": "p"}}, "other": {"matchLabels": {"pool": "q"}}}
     assert state.node_event("n", {"pool": "p"}, sels) == ["m"]
     assert state.node_event("n", {"pool": "p"}, sels) == [], "a heartbeat with the same labels wakes nobody"

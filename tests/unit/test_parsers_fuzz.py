@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from armcpu.profile import Profile, ProfileError, from_dict
-from armcpu_operator import plan
-from armcpu_operator import spec as specs
+from armcpu_operator.planning import plan
+from armcpu_operator.planning import spec as specs
 from node_agent import plan as agent_plan
 from tests.helpers import CPUS
 

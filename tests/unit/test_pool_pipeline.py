@@ -11,7 +11,7 @@ import pytest
 from armcpu.pool import assume_kvm, plan_pool
 from armcpu.profile import from_dict, to_dict
 from armcpu_cli.main import main as cli
-from armcpu_operator import plan
+from armcpu_operator.planning import plan
 from tests.helpers import REPO
 
 PROFILES = [REPO / "examples/profiles/graviton3-kvm-6.18.json", REPO / "examples/profiles/graviton4-kvm-6.18.json"]

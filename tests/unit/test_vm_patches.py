@@ -8,10 +8,12 @@ import json
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from armcpu_operator import vms
+from armcpu_k8s import api
+from armcpu_operator.planning import vms
 
 AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
     {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
@@ -150,13 +152,16 @@ def test_a_hook_annotation_that_is_not_a_json_list_is_left_and_the_vm_gets_no_ho
 
 
 def test_desired_uses_the_hook_only_when_asked_and_needed() -> None:
-    status = {"revision": 3, "fingerprint": "f", "model": {"qemu": "host,SYSREG_X_Y=0", "qemuMachine": None, "libvirtDisabled": ["sve"],
-                                                           "domainRewrite": "Needed"}}
-    assert vms.desired_from("m", status, "HookSidecar").qemu_cpu == "host,SYSREG_X_Y=0"
-    assert vms.desired_from("m", status, "Scheduling").qemu_cpu is None
-    assert vms.desired_from("m", status, None).disable == ("sve",)
-    same = {**status, "model": {**status["model"], "qemu": "host", "domainRewrite": "NotNeeded"}}
-    assert vms.desired_from("m", same, "HookSidecar").qemu_cpu is None, "a model equal to every node's registers needs no rewrite"
+    raw = {"revision": 3, "fingerprint": "f", "model": {"registers": {}, "midr": "0x00000000", "qemu": "host,SYSREG_X_Y=0",
+                                                        "qemuMachine": None, "libvirtDisabled": ["sve"], "domainRewrite": "Needed"}}
+    status = api.CpuModelStatus.model_validate(raw)
+    assert vms.desired_of("m", status, "HookSidecar").qemu_cpu == "host,SYSREG_X_Y=0"
+    assert vms.desired_of("m", status, "Scheduling").qemu_cpu is None
+    assert vms.desired_of("m", status, None).disable == ("sve",)
+    same = api.CpuModelStatus.model_validate({**raw, "model": {**raw["model"], "qemu": "host", "domainRewrite": "NotNeeded"}})
+    assert vms.desired_of("m", same, "HookSidecar").qemu_cpu is None, "a model equal to every node's registers needs no rewrite"
+    with pytest.raises(ValueError, match="no computed revision"):
+        vms.desired_of("m", api.CpuModelStatus(), "Scheduling")
 
 
 def test_running_vms_started_with_another_revision_are_restart_pending() -> None:

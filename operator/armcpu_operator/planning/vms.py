@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
-from armcpu_k8s import domain_hook, selectors
+from armcpu_k8s import api, domain_hook, selectors
 from armcpu_k8s import labels as keys
 
 RECORD = f"{keys.DOMAIN}/applied"
@@ -67,12 +67,14 @@ class Desired:
     running_revision: int | None = None  # the older revision its running VMI was started with, until it restarts
 
 
-def desired_from(model: str, definition: Mapping[str, Any], enforcement: str | None) -> Desired:
-    """What a VM of ``model`` gets, from the model's status (``revision``, ``fingerprint``, ``model``)."""
-    rendered = definition.get("model") or {}
-    hook = enforcement == "HookSidecar" and rendered.get("domainRewrite") == "Needed" and bool(rendered.get("qemu"))
-    return Desired(model, int(definition["revision"]), str(definition["fingerprint"]), tuple(rendered.get("libvirtDisabled") or ()),
-                   qemu_cpu=rendered.get("qemu") if hook else None, qemu_machine=rendered.get("qemuMachine") if hook else None)
+def desired_of(model: str, status: api.CpuModelStatus, enforcement: str | None) -> Desired:
+    """What a VM of ``model`` gets, from the model's status (its revision, fingerprint and rendering)."""
+    rendered = status.model
+    if rendered is None or status.revision is None:
+        raise ValueError(f"CpuModel {model} has no computed revision to dress a VM with")
+    hook = enforcement == "HookSidecar" and rendered.domainRewrite == "Needed" and bool(rendered.qemu)
+    return Desired(model, status.revision, str(status.fingerprint), tuple(rendered.libvirtDisabled),
+                   qemu_cpu=rendered.qemu if hook else None, qemu_machine=rendered.qemuMachine if hook else None)
 
 
 def _sidecars(raw: object) -> list[Any] | None:
@@ -123,9 +125,15 @@ def record_of(vm: Mapping[str, Any]) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("cpumodel"), str) else None
 
 
+def _copy(vm: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of JSON data (a VM is JSON); a little cheaper than copy.deepcopy (16 vs 20 µs for a dressed VM)."""
+    copied: dict[str, Any] = json.loads(json.dumps(vm))
+    return copied
+
+
 def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
     """The VM as it was before armcpu touched it (per its record)."""
-    out = copy.deepcopy(dict(vm))
+    out = _copy(vm)
     record = record_of(vm)
     if record is None:
         return out
@@ -196,7 +204,10 @@ def uses_hook(vm: Mapping[str, Any]) -> bool:
 
 def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
     """``original`` with armcpu's additions for ``desired``, and the record of them."""
-    out = copy.deepcopy(dict(original))
+    return _dress_in_place(_copy(original), desired)
+
+
+def _dress_in_place(out: dict[str, Any], desired: Desired) -> dict[str, Any]:
     created: list[str] = []
     selector = _ensure(out, ("spec", "template", "spec", "nodeSelector"), created, "nodeSelector", {})
     selector[keys.MODEL_PREFIX + desired.model] = str(desired.revision)
@@ -225,8 +236,8 @@ def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
 
 
 def target(vm: Mapping[str, Any], desired: Desired | None) -> dict[str, Any]:
-    original = strip(vm)
-    return original if desired is None else dress(original, desired)
+    original = strip(vm)  # a copy of its own: dressed in place
+    return original if desired is None else _dress_in_place(original, desired)
 
 
 def _pointer(path: Sequence[str]) -> str:
@@ -235,7 +246,11 @@ def _pointer(path: Sequence[str]) -> str:
 
 def patch(vm: Mapping[str, Any], desired: Desired | None) -> list[dict[str, Any]]:
     """JSON-patch operations from ``vm`` to its target; empty when it is already there."""
-    want = target(vm, desired)
+    return patch_to(vm, target(vm, desired))
+
+
+def patch_to(vm: Mapping[str, Any], want: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """JSON-patch operations from ``vm`` to ``want`` (in the subtrees armcpu writes)."""
     ops: list[dict[str, Any]] = []
     for root in ROOTS:
         has, current = _get(vm, root)
@@ -299,72 +314,169 @@ def claims(claim: Claim, vm_labels: Mapping[str, str]) -> bool:
     return any(sel and selectors.matches(sel, vm_labels) for sel in claim)
 
 
-def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,
-                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Claim],
-                   running: Mapping[VmKey, str] | None = None, live: Iterable[int] = ()) -> VmPlan:
-    """Patches for every VM this model selects or once patched. A VM that another model's vmSelector
-    also matches is ambiguous and left as it is; without a computed model, selected VMs wait.
+@dataclass
+class Scan:
+    """What a walk over the VMs found besides the writes: filled as :func:`walk` goes."""
+
+    ambiguous: dict[VmKey, list[str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"selected": 0, "current": 0, "ambiguous": 0, "domainRewrite": 0})
+    selected: set[VmKey] = field(default_factory=set)
+
+
+class Write(NamedTuple):
+    key: VmKey
+    mine: bool  # selected by the model (not only once patched by it)
+    target: dict[str, Any]
+    ops: list[dict[str, Any]]
+
+
+def walk(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,
+         vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Claim], scan: Scan,
+         running: Mapping[VmKey, str] | None = None, live: Iterable[int] = (),
+         index: Mapping[VmKey, Summary] | None = None) -> Iterator[Write]:
+    """Every VM this model selects or once patched that needs a patch, one at a time (a caller can
+    keep each write compact before the next is made). A VM that another model's vmSelector also
+    matches is ambiguous and left as it is; without a computed model, selected VMs wait.
     ``running``: the revision each running VMI of this model was started with; ``live``: the older
-    revisions nodes are still labelled for."""
+    revisions nodes are still labelled for; ``index``: each VM's :class:`Summary` (so only the VMs
+    that concern this model are read)."""
     live = set(live)
-    patches: dict[VmKey, list[dict[str, Any]]] = {}
-    targets: dict[VmKey, dict[str, Any]] = {}
-    ambiguous: dict[VmKey, list[str]] = {}
-    counts = {"selected": 0, "current": 0, "ambiguous": 0, "domainRewrite": 0}
-    selected: set[VmKey] = set()
-    for key, vm in sorted(vms.items()):
-        vm_labels = (vm.get("metadata") or {}).get("labels") or {}
+    counts = scan.counts
+    summaries = index if index is not None else {key: summary(vm) for key, vm in vms.items()}
+    for key, about in sorted(summaries.items()):
+        vm_labels = about.labels
         mine = bool(vm_selector) and selectors.matches(vm_selector or {}, vm_labels)
-        if not mine and uses(vm) != model:
+        if not mine and about.model != model:
             continue
+        vm = vms[key]
         if mine:
             counts["selected"] += 1
-            selected.add(key)
+            scan.selected.add(key)
             others = sorted(m for m, claim in other_selectors.items() if m != model and claims(claim, vm_labels))
             if others:
-                ambiguous[key] = sorted([model, *others])
+                scan.ambiguous[key] = sorted([model, *others])
                 counts["ambiguous"] += 1
                 continue
             if desired is None:
                 continue
         want = for_running(desired, (running or {}).get(key), live) if mine and desired is not None else None
-        ops = patch(vm, want)
         goal = target(vm, want)
+        ops = patch_to(vm, goal)
         if mine and desired is not None and current_revision(goal) == str(desired.revision):
             counts["current"] += 1
         if mine and uses_hook(goal):
             counts["domainRewrite"] += 1
         if ops:
-            patches[key] = ops
-            targets[key] = goal
-    return VmPlan(patches=patches, targets=targets, ambiguous=ambiguous, counts=counts, selected=selected)
+            yield Write(key, mine, goal, ops)
 
 
-def subset(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the operator keeps in memory per VM: identity, labels, and the subtrees it may change."""
+def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,
+                   vms: Mapping[VmKey, Mapping[str, Any]], other_selectors: Mapping[str, Claim],
+                   running: Mapping[VmKey, str] | None = None, live: Iterable[int] = (),
+                   index: Mapping[VmKey, Summary] | None = None) -> VmPlan:
+    """:func:`walk`, collected: the patches and targets of every VM that needs one."""
+    scan = Scan()
+    patches: dict[VmKey, list[dict[str, Any]]] = {}
+    targets: dict[VmKey, dict[str, Any]] = {}
+    for write in walk(model, desired, vm_selector, vms, other_selectors, scan, running=running, live=live, index=index):
+        patches[write.key] = write.ops
+        targets[write.key] = write.target
+    return VmPlan(patches=patches, targets=targets, ambiguous=scan.ambiguous, counts=scan.counts, selected=scan.selected)
+
+
+def subset(body: Mapping[str, Any], *, copied: bool = True) -> dict[str, Any]:
+    """What the operator keeps in memory per VM: identity, labels, and the subtrees it may change.
+    ``copied=False`` shares the subtrees with ``body`` (for a body nobody else holds, about to be encoded)."""
+    copy_ = copy.deepcopy if copied else _same
     meta = body.get("metadata") or {}
     out: dict[str, Any] = {
         "apiVersion": body.get("apiVersion", "kubevirt.io/v1"),
         "kind": body.get("kind", "VirtualMachine"),
-        "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta},
+        "metadata": {k: copy_(meta[k]) for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta},
         "spec": {"template": {}},
     }
     template = (body.get("spec") or {}).get("template") or {}
     if "metadata" in template:
-        out["spec"]["template"]["metadata"] = copy.deepcopy(template["metadata"])
+        out["spec"]["template"]["metadata"] = copy_(template["metadata"])
     spec = template.get("spec")
     if spec is not None:
         small: dict[str, Any] = {}
         if "nodeSelector" in spec:
-            small["nodeSelector"] = copy.deepcopy(spec["nodeSelector"])
+            small["nodeSelector"] = copy_(spec["nodeSelector"])
         if "domain" in spec:
-            small["domain"] = {"cpu": copy.deepcopy(spec["domain"]["cpu"])} if "cpu" in (spec["domain"] or {}) else {}
+            small["domain"] = {"cpu": copy_(spec["domain"]["cpu"])} if "cpu" in (spec["domain"] or {}) else {}
         out["spec"]["template"]["spec"] = small
     return out
 
 
+class Summary(NamedTuple):
+    """What deciding *whether* a VM concerns a model needs, kept beside its compact JSON: its labels,
+    the CpuModel its record names, and whether its template carries armcpu's hook."""
+
+    labels: Mapping[str, str]
+    model: str | None
+    hooked: bool
+
+
+def summary(vm: Mapping[str, Any]) -> Summary:
+    return Summary(dict((vm.get("metadata") or {}).get("labels") or {}), uses(vm), uses_hook(vm))
+
+
+Stored = tuple[bytes, Summary]  # what the operator keeps per VM
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
+def stored(body: Mapping[str, Any]) -> Stored:
+    """A VM as the operator keeps it: its :func:`subset` encoded, and its summary (``body`` is the
+    watch's freshly parsed object: nothing is copied from it)."""
+    kept = subset(body, copied=False)
+    return encode(kept), summary(kept)
+
+
+def encode(vm: Mapping[str, Any]) -> bytes:
+    """A VM (as :func:`subset` keeps it) as compact JSON: about 0.7 KiB where its dicts take about
+    4.6 KiB, which is what lets the operator hold 20,000 VMs in a few tens of MiB."""
+    return json.dumps(vm, separators=(",", ":"), sort_keys=True).encode()
+
+
+class VmTable(Mapping[VmKey, Mapping[str, Any]]):
+    """Encoded VMs read as dicts: each is decoded when first asked for (a reconcile decodes only the
+    VMs its model selects or once patched, found through their :class:`Summary`)."""
+
+    def __init__(self, encoded: Mapping[VmKey, bytes]) -> None:
+        self._encoded = encoded
+        self._decoded: dict[VmKey, Mapping[str, Any]] = {}
+
+    def __getitem__(self, key: VmKey) -> Mapping[str, Any]:
+        found = self._decoded.get(key)
+        if found is None:
+            found = self._decoded[key] = json.loads(self._encoded[key])
+        return found
+
+    def __iter__(self) -> Iterator[VmKey]:
+        return iter(self._encoded)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._encoded
+
+
 def roots_equal(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(_get(a, root) == _get(b, root) for root in ROOTS)
+
+
+def template_revision_of(model: str, vm: Mapping[str, Any]) -> str | None:
+    """The revision of ``model`` the VM's template would start its guest with (None: another model, or none)."""
+    found, annotations = _get(vm, ("spec", "template", "metadata", "annotations"))
+    if not found or not isinstance(annotations, Mapping) or annotations.get(T_MODEL) != model:
+        return None
+    value = annotations.get(T_REVISION)
+    return value if isinstance(value, str) else None
 
 
 def running_revisions(model: str, vmis: Mapping[VmKey, tuple[str, str, bool]], vms_now: Mapping[VmKey, Mapping[str, Any]],
@@ -380,8 +492,7 @@ def running_revisions(model: str, vmis: Mapping[VmKey, tuple[str, str, bool]], v
         running[vmi_revision] = running.get(vmi_revision, 0) + 1
         vm = vms_now.get(key)
         if vm is not None:
-            template_model = ((vm.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations", {}).get(T_MODEL)
-            template_revision = current_revision(vm) if template_model == model else None
+            template_revision = template_revision_of(model, vm)
         else:  # a VMI without a VM: compare with what the model would start now
             template_revision = str(desired.revision) if desired is not None else None
         if template_revision != vmi_revision:

@@ -25,7 +25,7 @@ from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
 from armcpu.verification import KernelVerdict, verification_key
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
-from armcpu_operator import spec as specs
+from armcpu_operator.planning import spec as specs
 
 MAX_LISTED_NODES = 20
 MAX_REASONS_PER_NODE = 5
