@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 from armcpu.catalog_data import CATALOG_TEXT
 
@@ -90,8 +90,9 @@ class Register:
     def encoding(self) -> tuple[int, int, int, int, int]:
         return (self.op0, self.op1, self.crn, self.crm, self.op2)
 
-    @property
+    @cached_property
     def defined_mask(self) -> int:
+        """Every bit some catalogued field covers (computed once per register: the fold asks per node)."""
         mask = 0
         for f in self.fields:
             mask |= f.mask

@@ -203,9 +203,16 @@ def dependants_to_drop(present: Iterable[str]) -> set[str]:
 
 def feature_names_for_field(fld: catalog.Field) -> list[tuple[str, int]]:
     """Single-field features encoded by ``fld``, as (name, minimum value), lowest first."""
-    out = []
+    return list(_single_field_features().get(fld, ()))
+
+
+@cache
+def _single_field_features() -> dict[catalog.Field, tuple[tuple[str, int], ...]]:
+    """Every field's single-field features, indexed once (can_run asks for each differing field of
+    each node: scanning every feature each time was most of a 5,000-node reconcile)."""
+    found: dict[catalog.Field, list[tuple[str, int]]] = {}
     for feat in all_features().values():
         sf = feat.single_field
-        if sf is not None and sf[0] == fld:
-            out.append((feat.name, sf[1]))
-    return sorted(out, key=lambda item: (fld.ordinal(item[1]), item[0]))
+        if sf is not None:
+            found.setdefault(sf[0], []).append((feat.name, sf[1]))
+    return {fld: tuple(sorted(items, key=lambda item: (fld.ordinal(item[1]), item[0]))) for fld, items in found.items()}

@@ -158,15 +158,19 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
         if not any(reg.name in p.registers for p in profiles):
             continue
         value = 0
+        raw = [p.value(reg.name) for p in profiles]
+        distinct = list(dict.fromkeys(raw))  # a large pool has a few kinds of node: extract and fold each value once
         for fld in reg.fields:
-            vals = [fld.extract(p.value(reg.name)) for p in profiles]
-            combined = combine_values(fld, vals)
+            extracted = {v: fld.extract(v) for v in distinct}
+            vals = [extracted[v] for v in raw]
+            combined = combine_values(fld, dict.fromkeys(vals))  # the fold is idempotent: each value once (tested)
             value = fld.insert(value, combined)
             if len(set(vals)) > 1:
                 blocker = _blocker(fld, profiles, vals, combined)
                 if blocker is not None:
                     blockers.append(blocker)
-        stray = [p.value(reg.name) & ~reg.defined_mask for p in profiles]
+        outside = ~reg.defined_mask
+        stray = [v & outside for v in raw]
         value |= stray[0] if len(set(stray)) == 1 else 0
         if len(set(stray)) > 1:
             by_value: dict[int, list[str]] = {}
@@ -200,11 +204,11 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
 
 
 def _blocker(fld: Field, profiles: Sequence[Profile], vals: list[int], combined: int) -> Blocker | None:
+    lowered_by_vcpu_feature = _vcpu_group(fld) is not None and combined == 0
     stuck = tuple(
         p.name
         for p, v in zip(profiles, vals, strict=True)
-        if v != combined and not kvm.is_field_writable(p.writable, fld)
-        and not (_vcpu_group(fld) is not None and combined == 0)
+        if v != combined and not lowered_by_vcpu_feature and not kvm.is_field_writable(p.writable, fld)
     )
     if not stuck:
         return None
@@ -262,6 +266,28 @@ def _features_of_field(fld: Field, a: int, b: int) -> tuple[str, ...]:
         for name, minimum in features.feature_names_for_field(fld)
         if fld.ordinal(lo) < fld.ordinal(minimum) <= fld.ordinal(hi)
     )
+
+
+def view_key(node: Profile) -> tuple[object, ...]:
+    """Everything :func:`can_run` reads of a node, as a hashable key: nodes with equal keys get the
+    same answer for a model (a large pool has a few kinds of node, and the answer names no node)."""
+    return (tuple(sorted(node.registers.items())),
+            tuple(sorted(node.writable.items())) if node.writable is not None else None,
+            tuple(sorted((node.guest_view or {}).items())) if node.guest_view is not None else None,
+            node.kvm.writable_imp_id_regs)
+
+
+def can_run_each(nodes: Sequence[Profile], model: Model) -> dict[str, CanRun]:
+    """:func:`can_run` for every node, computed once per distinct :func:`view_key`."""
+    by_view: dict[tuple[object, ...], CanRun] = {}
+    out: dict[str, CanRun] = {}
+    for node in nodes:
+        key = view_key(node)
+        found = by_view.get(key)
+        if found is None:
+            found = by_view[key] = can_run(node, model)
+        out[node.name] = found
+    return out
 
 
 def can_run(node: Profile, model: Model) -> CanRun:

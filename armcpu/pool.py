@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from armcpu import catalog, kvm, render
-from armcpu.model import Applied, CanRun, CombineResult, Model, apply, can_run, combine
+from armcpu.model import Applied, CanRun, CombineResult, Model, apply, can_run_each, combine
 from armcpu.named_models import NamedModel
 from armcpu.profile import Profile
 
@@ -42,8 +42,9 @@ def plan_pool(profiles: Sequence[Profile], *, identity_from: str | None = None, 
     applied = apply(combined.model, base=base.as_model() if base else None, base_covered=base.covered if base else None,
                     feature_settings=dict(feature_settings or {}), register_settings=dict(register_settings or {}), pool=profiles)
     model = applied.model
-    return PoolPlan(combined=combined, applied=applied, checks={p.name: can_run(p, model) for p in profiles},
-                    qemu=render.QemuSysregV9().render(model, profiles), libvirt=render.LibvirtToday().render(model, profiles))
+    hosts = list({tuple(sorted(p.registers.items())): p for p in profiles}.values())  # the renderers read registers only
+    return PoolPlan(combined=combined, applied=applied, checks=can_run_each(profiles, model),
+                    qemu=render.QemuSysregV9().render(model, hosts), libvirt=render.LibvirtToday().render(model, hosts))
 
 
 def assume_kvm(profile: Profile) -> Profile:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from armcpu import catalog, features, kvm
 from armcpu.catalog import RegisterKind
-from armcpu.model import apply, can_run, combine, model_of
+from armcpu.model import apply, can_run, combine, combine_values, model_of
 from armcpu.profile import KvmInfo, Profile, fingerprint, from_dict, register_width, to_dict
 from tests.helpers import load_cpu
 
@@ -118,3 +118,27 @@ def test_fingerprint_changes_when_a_feature_field_changes() -> None:
     assert fingerprint(changed) != g3.fingerprint
     other_rev = dict(g3.registers, REVIDR_EL1=0x1234)
     assert fingerprint(other_rev) == g3.fingerprint  # identity is deliberately not covered
+
+
+ALL_FIELDS = [f for r in catalog.registers().values() if r.kind is not RegisterKind.IDENTITY for f in r.fields]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ALL_FIELDS), st.lists(st.integers(min_value=0, max_value=15), min_size=1, max_size=12), st.randoms())
+def test_folding_a_field_sees_each_value_once_whatever_the_duplicates_and_order(fld: catalog.Field, raw: list[int], rnd: object) -> None:
+    """combine folds each distinct value once (a 5,000-node pool has a few kinds of node): that is
+    exact only because every safe-value rule is idempotent and order-free, checked here."""
+    values = [v & ((1 << fld.width) - 1) for v in raw]
+    shuffled = list(values)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert combine_values(fld, values) == combine_values(fld, dict.fromkeys(values)) == combine_values(fld, shuffled)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(profiles(), min_size=1, max_size=3), st.integers(min_value=1, max_value=5))
+def test_a_pool_with_many_copies_of_each_node_gets_the_model_of_one_copy_each(kinds: list[Profile], copies: int) -> None:
+    distinct = [replace(p, name=f"k{i}") for i, p in enumerate(kinds)]
+    many = [replace(p, name=f"{p.name}-{j}") for j in range(copies) for p in distinct]
+    one, all_of_them = combine(distinct), combine(many)
+    assert one.model.registers == all_of_them.model.registers and set(one.model.targets) == set(all_of_them.model.targets)
+    assert one.feasible == all_of_them.feasible

@@ -194,8 +194,7 @@ _CAN_RUN_CACHE: dict[tuple[Any, ...], algebra.CanRun] = {}
 def _can_run(profile: Profile, model: algebra.Model) -> algebra.CanRun:
     """can_run, memoised: in a large pool most nodes share a CPU and a kernel, so a handful of
     distinct (node view, model) pairs decide thousands of nodes. The answer names no node."""
-    key = (tuple(sorted(profile.registers.items())), tuple(sorted(profile.writable.items())) if profile.writable is not None else None,
-           profile.kvm.writable_imp_id_regs, tuple(sorted(model.registers.items())))
+    key = (algebra.view_key(profile), tuple(sorted(model.registers.items())), model.targets)
     found = _CAN_RUN_CACHE.get(key)
     if found is None:
         if len(_CAN_RUN_CACHE) > 4096:
