@@ -34,6 +34,10 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# How a kept-alive connection the server closed while it was idle fails on its next use (over TLS
+# the close arrives as an unexpected EOF): sent again once on a new connection.
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                    ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 class ApiError(Exception):
@@ -317,7 +321,7 @@ class Kube:
                     conn.request(method, target.path + (f"?{target.query}" if target.query else ""), body=data, headers=headers)
                     resp = conn.getresponse()
                     raw = resp.read()
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                except STALE_CONNECTION as exc:
                     self._drop_connection()
                     if reused and attempt == 0:
                         continue  # a kept-alive connection the server had closed while idle: the request never reached it
