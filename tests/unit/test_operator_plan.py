@@ -393,3 +393,20 @@ def test_one_node_with_a_huge_profile_cannot_swell_the_status() -> None:
     reason = result.status["incompatibleNodes"][0]["reasons"][0]
     assert len(reason) <= plan.MAX_REASON_CHARS and "more characters)" in reason
     assert all(len(e.message) <= plan.MAX_MESSAGE_CHARS for e in result.events)
+
+
+def test_a_selector_that_matches_nothing_does_not_say_every_node_can_run_the_model() -> None:
+    nodes, profiles = world({"a": "graviton3-neoverse-v1-host6.18.json"}, pool="elsewhere")
+    result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
+    degraded = _condition(result, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("False", "NoNodesSelected") and "selects no node" in degraded["message"]
+    pinned = reconcile(cpumodel(SPEC, status=reconcile(cpumodel(SPEC), *world({"a": "graviton3-neoverse-v1-host6.18.json"}), NOW).status),
+                       nodes, profiles, LATER)
+    assert _condition(pinned, "Degraded")["reason"] == "NoNodesSelected", "every node left a pinned model's pool"
+
+
+def test_unknown_registers_list_the_known_ones_once() -> None:
+    request = spec.parse({**SPEC, "registers": [{"register": f"NOPE{i}_EL1", "field": "X", "value": 0} for i in range(64)]})
+    assert len(request.errors) == 64
+    assert sum("ID_AA64ISAR0_EL1" in e for e in request.errors) == 1
+    assert len("; ".join(request.errors)) < 6000, "64 unknown registers make one readable message, not 49 KB"

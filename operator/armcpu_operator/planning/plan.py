@@ -379,7 +379,8 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     elif problem and model is not None:
         conditions.append(cond("Degraded", "True", "RecomputeFailed", not_computed))
     else:
-        conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model"))
+        conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model") if selected
+                          else cond("Degraded", "False", "NoNodesSelected", "the nodeSelector selects no node"))
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
     if mismatches:
         conditions.append(cond("PredictionMismatch", "True", "KernelDisagrees",

@@ -104,7 +104,8 @@ def parse(spec: Mapping[str, Any]) -> Request:
         try:
             reg = catalog.register(str(reg_name))
         except KeyError:
-            known = ", ".join(sorted(catalog.registers()))
+            listed = any("unknown register" in e for e in errors)  # the known registers are listed once, not per entry
+            known = "listed above" if listed else ", ".join(sorted(catalog.registers()))
             errors.append(f"{where}.register: unknown register {reg_name!r}; known: {known}")
             continue
         try:
