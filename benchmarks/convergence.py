@@ -118,6 +118,11 @@ def wait(predicate: Any, timeout: float) -> float:
     return time.monotonic() - start
 
 
+def peak_rss(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM), MiB."""
+    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")) / 1024
+
+
 def proc_stats(pid: int) -> tuple[float, float]:
     """(RSS MiB, CPU seconds) of a process."""
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
@@ -218,6 +223,7 @@ def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0,
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=30)
             rss_converged, cpu_converged = proc_stats(op.pid)
+            rss_peak = peak_rss(op.pid)
 
             add_nodes(admin, ["n-joiner"], 1)  # pool p0
             rejoin = wait(lambda: converged(admin, nodes + 1, vm_count), 600)
@@ -261,6 +267,7 @@ def run(nodes: int, vm_count: int, models: int = 1, quiet_seconds: float = 30.0,
         f"operator_requests_in_{int(quiet_seconds)}s_quiet": dict(steady),
         f"apiserver_request_total_in_{int(quiet_seconds)}s_quiet": all_clients,
         "operator_rss_mib_idle": round(rss_idle, 1), "operator_rss_mib_converged": round(rss_converged, 1),
+        "operator_rss_mib_peak": round(rss_peak, 1),
         "operator_cpu_s_to_converge": round(cpu_converged, 1), **vmi_phase,
     }
 

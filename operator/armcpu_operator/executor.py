@@ -43,6 +43,7 @@ class Result:
     failed_labels: tuple[str, ...] = ()
     failed_vms: frozenset[VmKey] = frozenset()
     hooks_ok: bool = True
+    more: bool = False  # the plan deferred VM writes: reconcile again at once
 
     @property
     def ok(self) -> bool:
@@ -190,7 +191,7 @@ async def execute(kube: Kube, caches: Caches, body: kopf.Body, observed: Mapping
     if planned.label_changes or planned.events:
         log.info("reconciled", extra={"cpumodel": planned.name, "revision": planned.revision, "labels": sorted(planned.label_changes),
                                       "compatible": len(planned.compatible), "incompatible": len(planned.incompatible)})
-    return Result(failed_labels=failed_labels, failed_vms=failed_vms, hooks_ok=hooks_ok)
+    return Result(failed_labels=failed_labels, failed_vms=failed_vms, hooks_ok=hooks_ok, more=bool(planned.deferred))
 
 
 async def execute_removal(kube: Kube, caches: Caches, planned: ModelPlan) -> str | None:

@@ -41,7 +41,7 @@ def snapshot(caches: Caches, runtime: Runtime) -> worlds.World:
     return caches.world(now(), hook_script=hookmaps.SCRIPT, kernel_verification=runtime.kernel_verification)
 
 
-async def reconcile_once(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kopf.Body) -> bool:
+async def reconcile_once(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kopf.Body) -> executor.Result:
     start = time.monotonic()
     await executor.refresh_hook_configmaps(kube, caches, runtime.resync_seconds)
     observed: Mapping[str, Any] | None = caches.status_view(name, copy.deepcopy(dict(body.get("status") or {})) or None)
@@ -49,7 +49,7 @@ async def reconcile_once(kube: Kube, caches: Caches, runtime: Runtime, name: str
     planned = worlds.plan_model(snapshot(caches, runtime), cpumodel)
     result = await executor.execute(kube, caches, body, observed, planned)
     metrics.RECONCILE_SECONDS.observe(time.monotonic() - start)
-    return result.ok
+    return result
 
 
 async def run(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
@@ -71,11 +71,15 @@ async def run(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kop
                 break
             trigger.clear()
             await asyncio.sleep(runtime.debounce_seconds)  # one reconcile for a burst of node events
+            more = False
             try:
-                ok = await reconcile_once(kube, caches, runtime, name, body)
+                result = await reconcile_once(kube, caches, runtime, name, body)
+                ok, more = result.ok, result.more
             except Exception as exc:  # never let one bad reconcile kill the loop
                 ok = False
                 log.exception("reconcile failed", extra={"cpumodel": name, "error": str(exc)})
+            if ok and more:
+                trigger.set()  # the plan deferred VM writes (bounded per reconcile): the next batch at once
             failures = 0 if ok else failures + 1
             if failures:
                 metrics.RECONCILE_ERRORS.labels(name).inc()

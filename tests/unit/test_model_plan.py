@@ -157,3 +157,26 @@ def test_admission_dresses_a_vm_like_the_reconciler_does() -> None:
     assert dressed is not None and vms.roots_equal(dressed, reconciled.vm_writes[("web", "v2")].target)
     assert admission.dress_at_admission(vm("web", "v3", app="db"), {"m": admission.vm_claims(SPEC, status, False)}, {"m": found}, {}) is None
     assert admission.definition("m", SPEC, status, deleting=True) is None and admission.vm_claims(SPEC, status, True) is None
+
+
+def test_a_plan_carries_at_most_its_share_of_vm_writes_and_counts_the_rest_as_they_are() -> None:
+    """Memory per reconcile is bounded: VMs beyond max_vm_writes are deferred to the next reconcile
+    (the executor runs it at once), and until then counted as they are, not as they will be."""
+    keys = [("web", f"v{i}") for i in range(5)]
+    world = make_world({k: vm(*k) for k in keys})
+    model = fresh()
+    rounds = 0
+    while True:
+        planned = plan_model(world, model, max_vm_writes=2)
+        settled = planned.settle(set())
+        if not planned.vm_writes:
+            break
+        rounds += 1
+        assert len(planned.vm_writes) <= 2 and len(planned.deferred) == 5 - 2 * (rounds - 1) - len(planned.vm_writes)
+        world = landed(world, planned)
+        model = replace(model, status=dump(settled.status))
+        assert settled.status.vms is not None
+        assert settled.status.vms.current == counted(world, 1)[0], "the status counts what landed, never the deferred writes"
+        assert settled.hook_changes == hooks.plan(hooks.needed_namespaces(world.vms, []), {}, SCRIPT)
+    assert rounds == 3 and not planned.deferred
+    assert settled.status.vms is not None and settled.status.vms.current == 5

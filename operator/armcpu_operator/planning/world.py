@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import ChainMap
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from armcpu_k8s import api
@@ -127,7 +127,9 @@ class ModelPlan:
     selected: tuple[str, ...] = ()
     compatible: tuple[str, ...] = ()
     incompatible: tuple[str, ...] = ()
+    deferred: frozenset[VmKey] = frozenset()  # VMs that need a write this plan does not carry (MAX_VM_WRITES): the next reconcile's
     # what settle() needs to derive the status and hook changes after failed VM writes
+    _changes: Mapping[VmKey, tuple[Tally, Tally]] = field(default_factory=dict)  # every VM write, sent or deferred: (before, after)
     _counts_vms: bool = False
     _pending: tuple[VmKey, ...] = ()
     _restart: Restart | None = None
@@ -140,24 +142,25 @@ class ModelPlan:
         return self.status.revision
 
     def settle(self, failed: frozenset[VmKey] | set[VmKey]) -> ModelPlan:
-        """This plan with the VM writes in ``failed`` not landed: their VMs are counted as they still
-        are, and their namespaces keep (or still lack) the hook ConfigMap they need now."""
-        failed = frozenset(failed) & frozenset(self.vm_writes)
+        """This plan with the VM writes in ``failed`` (and the deferred ones) not landed: their VMs are
+        counted as they still are, and their namespaces keep (or still lack) the hook ConfigMap they
+        need now."""
+        failed = (frozenset(failed) & frozenset(self.vm_writes)) | self.deferred
         if not failed:
             return self
         writes = {k: w for k, w in self.vm_writes.items() if k not in failed}
         hook_changes = self.hook_changes
         if self._hooks_held is not None:
-            hook_changes = hooks.plan(_hook_needs(self._hook_base, self.vm_writes, failed), self._hooks_held, self._hook_script)
+            hook_changes = hooks.plan(_hook_needs(self._hook_base, self._changes, failed), self._hooks_held, self._hook_script)
         status = self.status
         if self._counts_vms and status.vms is not None:
             dumped = dump(status)
             counts = dumped["vms"]
             for key in failed:  # counted as it still is
-                before, after = self.vm_writes[key].before, self.vm_writes[key].after
+                before, after = self._changes[key]
                 counts["current"] = counts.get("current", 0) - after.current + before.current
                 counts["domainRewrite"] = counts.get("domainRewrite", 0) - after.domain_rewrite + before.domain_rewrite
-            pending = sorted({*(k for k in self._pending if k not in failed), *(k for k in failed if self.vm_writes[k].before.restart_pending)})
+            pending = sorted({*(k for k in self._pending if k not in failed), *(k for k in failed if self._changes[k][0].restart_pending)})
             counts["restartPending"] = len(pending)
             assert self._restart is not None
             plan.add_restart_condition(dumped, self._restart.old_conditions, pending, self._restart.generation, self._restart.now)
@@ -173,11 +176,11 @@ def dump(status: api.CpuModelStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _hook_needs(base: frozenset[str], writes: Mapping[VmKey, VmWrite], failed: frozenset[VmKey]) -> set[str]:
-    return set(base) | {key[0] for key, w in writes.items() if (w.before if key in failed else w.after).hooked}
+def _hook_needs(base: frozenset[str], changes: Mapping[VmKey, tuple[Tally, Tally]], failed: frozenset[VmKey]) -> set[str]:
+    return set(base) | {key[0] for key, (before, after) in changes.items() if (before if key in failed else after).hooked}
 
 
-def _hook_plan(world: World, writes: Mapping[VmKey, VmWrite]) -> tuple[frozenset[str], hooks.Changes | None]:
+def _hook_plan(world: World, writes: Mapping[VmKey, tuple[Tally, Tally]]) -> tuple[frozenset[str], hooks.Changes | None]:
     """(the namespaces that need the hook ConfigMap whatever the writes do, the changes once they all land);
     no changes when the held ConfigMaps are not known."""
     if world.hook_configmaps is None:
@@ -194,8 +197,13 @@ def _tally(model: str, vm: Mapping[str, Any], mine: bool, desired: vms.Desired |
     return Tally(current, rewrite, pending, vms.uses_hook(vm))
 
 
-def plan_model(world: World, cpumodel: CpuModel) -> ModelPlan:
-    """Everything one reconcile of ``cpumodel`` writes, decided from ``world`` alone."""
+MAX_VM_WRITES = 4000  # VM writes one plan carries: the rest are deferred to the next reconcile, so a plan's memory is bounded
+
+
+def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRITES) -> ModelPlan:
+    """Everything one reconcile of ``cpumodel`` writes, decided from ``world`` alone. At most
+    ``max_vm_writes`` VM patches are carried; the VMs beyond are ``deferred`` (the reconciler runs
+    again at once) and counted as they are until their patch lands."""
     name = cpumodel.name
     mine_running = {key: d.revision for key, d in world.vmis.items() if d.model == name}
     running: dict[str, int] = {}
@@ -206,6 +214,8 @@ def plan_model(world: World, cpumodel: CpuModel) -> ModelPlan:
     nodes = plan.reconcile(obj, world.nodes, world.profiles, world.now, running=running, kernel_verification=world.kernel_verification)
     status = nodes.status
     writes: dict[VmKey, VmWrite] = {}
+    changes: dict[VmKey, tuple[Tally, Tally]] = {}
+    deferred: set[VmKey] = set()
     vm_events: list[VmEvent] = []
     report: set[VmKey] = set()
     clear: set[VmKey] = set()
@@ -223,7 +233,13 @@ def plan_model(world: World, cpumodel: CpuModel) -> ModelPlan:
         for write in vms.walk(name, desired, vm_selector, world.vms, world.claims, scan, running=mine_running, live=live,
                               index=world.summaries()):
             vmi = world.vmis.get(write.key)
-            writes[write.key] = _write(name, write, world.vms[write.key], desired, vmi)
+            if len(writes) < max_vm_writes:
+                writes[write.key] = _write(name, write, world.vms[write.key], desired, vmi)
+                changes[write.key] = (writes[write.key].before, writes[write.key].after)
+            else:
+                deferred.add(write.key)
+                changes[write.key] = (_tally(name, world.vms[write.key], write.mine, desired, vmi),
+                                      _tally(name, write.target, write.mine, desired, vmi))
             if vmi is not None:
                 targets[write.key] = write.target  # the running VMs' templates, to tell which wait for a restart
         result = scan
@@ -240,9 +256,10 @@ def plan_model(world: World, cpumodel: CpuModel) -> ModelPlan:
                     "Warning", "AmbiguousCpuModel",
                     f"selected by CpuModels {', '.join(models)}: armcpu leaves this VM unchanged until one selector drops it")))
         clear = (result.selected - set(result.ambiguous)) & set(world.reported_ambiguous)
-    hook_base, hook_changes = _hook_plan(world, writes)
+    hook_base, hook_changes = _hook_plan(world, changes)
     return ModelPlan(
         name=name, status=api.CpuModelStatus.model_validate(status), label_changes=nodes.label_changes, vm_writes=writes,
+        deferred=frozenset(deferred), _changes=changes,
         events=tuple(nodes.events), vm_events=tuple(vm_events), report_ambiguous=frozenset(report), clear_ambiguous=frozenset(clear),
         hook_changes=hook_changes, selected=nodes.selected, compatible=nodes.compatible, incompatible=nodes.incompatible,
         _counts_vms=counts_vms, _pending=tuple(pending), _restart=restart, _hook_base=hook_base,
@@ -255,8 +272,9 @@ def plan_removal(world: World, name: str) -> ModelPlan:
     hook ConfigMaps no VM needs any more go."""
     writes = {write.key: _write(name, write, world.vms[write.key], None, None)
               for write in vms.walk(name, None, None, world.vms, {}, vms.Scan(), index=world.summaries())}
-    hook_base, hook_changes = _hook_plan(world, writes)
+    changes = {key: (w.before, w.after) for key, w in writes.items()}
+    hook_base, hook_changes = _hook_plan(world, changes)
     return ModelPlan(name=name, status=api.CpuModelStatus.model_validate({}), label_changes=plan.removal(name, world.nodes),
-                     vm_writes=writes, events=(), hook_changes=hook_changes, _hook_base=hook_base,
+                     vm_writes=writes, events=(), hook_changes=hook_changes, _hook_base=hook_base, _changes=changes,
                      _hooks_held=dict(world.hook_configmaps) if world.hook_configmaps is not None else None, _hook_script=world.hook_script)
 
