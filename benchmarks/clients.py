@@ -40,7 +40,8 @@ imported = time.perf_counter() - t; after_import = rss()
 t = time.perf_counter()
 count = 0
 if which == "armcpu":
-    kube = Kube(load_kubeconfig(kubeconfig)); token = ""
+    from pathlib import Path
+    kube = Kube(load_kubeconfig(Path(kubeconfig))); token = ""
     while True:
         page = kube.request("GET", "/api/v1/nodes", query={"limit": "500", **({"continue": token} if token else {})})
         items = page["items"]; count += len(items); token = page["metadata"].get("continue") or ""
