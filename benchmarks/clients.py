@@ -3,11 +3,11 @@
 
 For each client, in a fresh process: the import time and RSS it adds, then one paginated LIST of N
 Nodes (the largest collection the operator lists whole) with the client's normal API, its wall
-time and the process's RSS afterwards. The official clients are not armcpu dependencies: give a
-Python that has them with ``--python``.
+time and the process's RSS afterwards. The official clients are not armcpu dependencies: they are
+installed (at the versions measured) into a venv of their own under ~/.cache/armcpu, or taken from
+the Python given with ``--python``.
 
-    python -m venv /tmp/clients && /tmp/clients/bin/pip install kubernetes kubernetes_asyncio
-    .venv/bin/python -m benchmarks.clients --python /tmp/clients/bin/python --nodes 5000
+    .venv/bin/python -m benchmarks.clients --nodes 5000
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import venv
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -67,11 +68,26 @@ print(json.dumps({"client": which, "import_s": round(imported, 3), "import_rss_m
 '''
 
 
+OFFICIAL = ("kubernetes==37.0.2", "kubernetes_asyncio==36.1.0")  # the versions docs/benchmarks.md reports
+
+
+def official_python() -> str:
+    """A venv with the official clients (made once, then reused)."""
+    home = Path.home() / ".cache" / "armcpu" / "clients-venv"
+    python = home / "bin" / "python"
+    if not python.exists():
+        venv.create(home, with_pip=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *OFFICIAL], check=True)
+    return str(python)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--python", required=True, help="a Python with kubernetes and kubernetes_asyncio installed")
+    parser.add_argument("--python", help="a Python with kubernetes and kubernetes_asyncio installed (default: a venv made for this)")
     parser.add_argument("--nodes", type=int, default=5000)
     args = parser.parse_args()
+    official = args.python or official_python()
+    results: list[dict[str, object]] = []
     with running(install_crds=False) as plane:
         admin = Kube(load_kubeconfig(plane.kubeconfig))
         labels = {f"node.kubernetes.io/label-{i}": "value" for i in range(10)}
@@ -83,11 +99,12 @@ def main() -> int:
             list(pool.map(create, range(args.nodes)))
         time.sleep(2)
         env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        for which, python in (("armcpu", sys.executable), ("kubernetes", args.python), ("kubernetes_asyncio", args.python)):
+        for which, python in (("armcpu", sys.executable), ("kubernetes", official), ("kubernetes_asyncio", official)):
             out = subprocess.run([python, "-c", PROBE, which, str(plane.kubeconfig)], capture_output=True, text=True, env=env, check=False,
                                  cwd=Path(REPO))
-            print(out.stdout.strip() or json.dumps({"client": which, "error": out.stderr.strip()[-400:]}), flush=True)
-    return 0
+            results.append(json.loads(out.stdout) if out.returncode == 0 else {"client": which, "error": out.stderr.strip()[-400:]})
+    print(json.dumps({"nodes": args.nodes, "clients": results}, indent=1))
+    return 0 if all("error" not in r for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class Caches:
     written_labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
     written_vms: dict[Key, vms.Stored] = field(default_factory=dict)
     ambiguous_reported: set[Key] = field(default_factory=set)
+    unhooked_reported: set[Key] = field(default_factory=set)
     hook_configmaps: dict[str, str] | None = None  # namespace -> script held; None: not listed yet
     hook_configmaps_listed: float = 0.0  # monotonic time of the last list
     nodes_listed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +108,7 @@ class Caches:
             hook_configmaps=MappingProxyType(dict(self.hook_configmaps)) if self.hook_configmaps is not None else None,
             hook_script=hook_script,
             reported_ambiguous=frozenset(self.ambiguous_reported),
+            reported_unhooked=frozenset(self.unhooked_reported),
             kernel_verification=kernel_verification,
         )
 

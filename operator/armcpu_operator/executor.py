@@ -167,6 +167,8 @@ def post_events(body: kopf.Body, planned: ModelPlan, caches: Caches) -> None:
                    message=vm_event.event.message)
     caches.ambiguous_reported |= planned.report_ambiguous
     caches.ambiguous_reported -= planned.clear_ambiguous
+    caches.unhooked_reported |= planned.report_unhooked
+    caches.unhooked_reported -= planned.clear_unhooked
 
 
 def record_metrics(planned: ModelPlan) -> None:

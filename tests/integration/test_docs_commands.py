@@ -56,7 +56,13 @@ def test_documented_benchmark_commands_run(command: docs.Command) -> None:
         result = json.loads(done.stdout)  # the convergence benchmark prints JSON
     except ValueError:
         result = ast.literal_eval(done.stdout.strip())  # agent_footprint() is printed as a Python dict
-    if "ratio" in result:
+    if "clients" in result:  # benchmarks.clients: every client listed every Node
+        assert [c["client"] for c in result["clients"]] == ["armcpu", "kubernetes", "kubernetes_asyncio"]
+        assert all(c["listed"] == result["nodes"] for c in result["clients"]), result
+    elif "vm_dressed_after_kib" in result:  # benchmarks.memory: what the caches keep shrank
+        for kind in ("vm_undressed", "vm_dressed", "profile"):
+            assert 0 < result[f"{kind}_after_kib"] < result[f"{kind}_before_kib"], result
+    elif "ratio" in result:
         quiet = next(v for k, v in result.items() if k.startswith("operator_requests_in_") and k.endswith("s_quiet"))
         assert all(k.startswith("watch ") for k in quiet), f"no write and no list at steady state: {quiet}"
         assert result["operator_requests_during_convergence"]["patch virtualmachines"] == result["vms"]

@@ -180,3 +180,19 @@ def test_a_plan_carries_at_most_its_share_of_vm_writes_and_counts_the_rest_as_th
         assert settled.hook_changes == hooks.plan(hooks.needed_namespaces(world.vms, []), {}, SCRIPT)
     assert rounds == 3 and not planned.deferred
     assert settled.status.vms is not None and settled.status.vms.current == 5
+
+
+def test_a_vm_whose_hook_sidecars_annotation_cannot_take_the_hook_is_reported_once() -> None:
+    broken = vm("web", "v1")
+    broken["spec"]["template"]["metadata"] = {"annotations": {vms.HOOK_SIDECARS: "{not a list"}}
+    world = make_world({("web", "v1"): broken})
+    planned = plan_model(world, fresh())
+    assert [e.event.reason for e in planned.vm_events] == ["HookSidecarSkipped"] and planned.report_unhooked == {("web", "v1")}
+    assert vms.HOOK_SIDECARS in planned.vm_events[0].event.message
+    assert not vms.uses_hook(planned.vm_writes[("web", "v1")].target), "still pinned, without the hook"
+    reported = replace(world, reported_unhooked=frozenset(planned.report_unhooked))
+    assert not plan_model(reported, fresh()).vm_events, "reported once"
+    fixed = replace(reported, vms=MappingProxyType({("web", "v1"): vm("web", "v1")}))
+    assert plan_model(fixed, fresh()).clear_unhooked == {("web", "v1")}
+    scheduling = plan_model(world, fresh({**SPEC, "enforcement": "Scheduling"}))
+    assert not scheduling.vm_events, "no hook wanted, nothing to report"

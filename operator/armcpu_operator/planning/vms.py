@@ -321,6 +321,7 @@ class Scan:
     ambiguous: dict[VmKey, list[str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {"selected": 0, "current": 0, "ambiguous": 0, "domainRewrite": 0})
     selected: set[VmKey] = field(default_factory=set)
+    unhooked: set[VmKey] = field(default_factory=set)  # the model wants the domain hook, the VM's hookSidecars cannot take it
 
 
 class Write(NamedTuple):
@@ -366,6 +367,8 @@ def walk(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | N
             counts["current"] += 1
         if mine and uses_hook(goal):
             counts["domainRewrite"] += 1
+        elif mine and want is not None and want.qemu_cpu is not None:
+            scan.unhooked.add(key)
         if ops:
             yield Write(key, mine, goal, ops)
 

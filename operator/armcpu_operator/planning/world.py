@@ -56,6 +56,7 @@ class World:
     hook_configmaps: Mapping[str, str] | None = None  # namespace -> script held; None: not known (no hook changes planned)
     hook_script: str = ""
     reported_ambiguous: frozenset[VmKey] = frozenset()  # VMs an AmbiguousCpuModel Event was already posted for
+    reported_unhooked: frozenset[VmKey] = frozenset()  # VMs a HookSidecarSkipped Event was already posted for
     kernel_verification: str = plan.REQUIRED
     vm_index: Mapping[VmKey, Summary] | None = None  # every VM's summary; None: computed from vms
 
@@ -123,6 +124,8 @@ class ModelPlan:
     vm_events: tuple[VmEvent, ...] = ()
     report_ambiguous: frozenset[VmKey] = frozenset()  # now reported
     clear_ambiguous: frozenset[VmKey] = frozenset()  # no longer ambiguous
+    report_unhooked: frozenset[VmKey] = frozenset()
+    clear_unhooked: frozenset[VmKey] = frozenset()
     hook_changes: hooks.Changes | None = None  # None: the held ConfigMaps are not known
     selected: tuple[str, ...] = ()
     compatible: tuple[str, ...] = ()
@@ -167,6 +170,7 @@ class ModelPlan:
             status = api.CpuModelStatus.model_validate(dumped)
         return ModelPlan(name=self.name, status=status, label_changes=self.label_changes, vm_writes=writes, events=self.events,
                          vm_events=self.vm_events, report_ambiguous=self.report_ambiguous, clear_ambiguous=self.clear_ambiguous,
+                         report_unhooked=self.report_unhooked, clear_unhooked=self.clear_unhooked,
                          hook_changes=hook_changes, selected=self.selected, compatible=self.compatible, incompatible=self.incompatible)
 
 
@@ -219,6 +223,8 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
     vm_events: list[VmEvent] = []
     report: set[VmKey] = set()
     clear: set[VmKey] = set()
+    report_unhooked: set[VmKey] = set()
+    clear_unhooked: set[VmKey] = set()
     pending: list[VmKey] = []
     counts_vms = False
     restart = Restart(tuple((observed or {}).get("conditions") or ()), cpumodel.generation, world.now)
@@ -256,11 +262,20 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
                     "Warning", "AmbiguousCpuModel",
                     f"selected by CpuModels {', '.join(models)}: armcpu leaves this VM unchanged until one selector drops it")))
         clear = (result.selected - set(result.ambiguous)) & set(world.reported_ambiguous)
+        for key in sorted(result.unhooked - world.reported_unhooked):
+            report_unhooked.add(key)
+            vm_events.append(VmEvent(world.vms[key], plan.Event(
+                "Warning", "HookSidecarSkipped",
+                f"CpuModel {name} has enforcement HookSidecar, but this VM's template annotation {vms.HOOK_SIDECARS} is not a JSON "
+                "list, so armcpu cannot add its domain hook: the VM is pinned to compatible nodes and starts host-passthrough, "
+                "without the model's registers. Fix or remove the annotation.")))
+        clear_unhooked = set(world.reported_unhooked) & (result.selected - result.unhooked)
     hook_base, hook_changes = _hook_plan(world, changes)
     return ModelPlan(
         name=name, status=api.CpuModelStatus.model_validate(status), label_changes=nodes.label_changes, vm_writes=writes,
         deferred=frozenset(deferred), _changes=changes,
         events=tuple(nodes.events), vm_events=tuple(vm_events), report_ambiguous=frozenset(report), clear_ambiguous=frozenset(clear),
+        report_unhooked=frozenset(report_unhooked), clear_unhooked=frozenset(clear_unhooked),
         hook_changes=hook_changes, selected=nodes.selected, compatible=nodes.compatible, incompatible=nodes.incompatible,
         _counts_vms=counts_vms, _pending=tuple(pending), _restart=restart, _hook_base=hook_base,
         _hooks_held=dict(world.hook_configmaps) if world.hook_configmaps is not None else None, _hook_script=world.hook_script,
