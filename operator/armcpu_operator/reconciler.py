@@ -56,6 +56,7 @@ async def run(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kop
     trigger = caches.triggers.setdefault(name, asyncio.Event())
     trigger.set()
     failures = 0  # consecutive failed reconciles of this model: its retries back off, other models' do not
+    more = False  # the last plan deferred VM writes
     metrics.MODELS.inc()
     try:
         while not caches.listed() and not stopped:  # as kopf does for its indexes: start from a full view
@@ -70,7 +71,8 @@ async def run(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kop
             if stopped:
                 break
             trigger.clear()
-            await asyncio.sleep(runtime.debounce_seconds)  # one reconcile for a burst of node events
+            if not more:  # the next batch of a plan's deferred VM writes goes at once
+                await asyncio.sleep(runtime.debounce_seconds)  # one reconcile for a burst of node events
             more = False
             try:
                 result = await reconcile_once(kube, caches, runtime, name, body)
