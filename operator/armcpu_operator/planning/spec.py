@@ -30,6 +30,7 @@ class Request:
     identity_from: str | None = None
     enforcement: str = "Scheduling"
     errors: tuple[str, ...] = field(default=())
+    typed: api.CpuModelSpec | None = None  # the spec as the API types read it (None when it does not fit them)
 
     @property
     def valid(self) -> bool:
@@ -56,25 +57,25 @@ def applied_spec(spec: Mapping[str, Any], status: Mapping[str, Any]) -> Mapping[
     return None
 
 
-def _structure_errors(spec: object) -> list[str]:
-    """The spec checked against the very types the CRD schema is generated from: the API server
-    enforces them at admission, but an object written around it (or an older schema) must still
-    come out as a named error, not a crash."""
+def _typed(spec: object) -> api.CpuModelSpec | list[str]:
+    """The spec read by the very types the CRD schema is generated from, or what does not fit them:
+    the API server enforces them at admission, but an object written around it (or an older schema)
+    must still come out as a named error, not a crash."""
     if not isinstance(spec, Mapping):
         return [f"spec: expected an object, got {type(spec).__name__}"]
     try:
-        api.CpuModelSpec.model_validate(dict(spec))
+        return api.CpuModelSpec.model_validate(dict(spec))
     except pydantic.ValidationError as exc:
         out = []
         for err in exc.errors():
             path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
             out.append(f"{path}: {err['msg']} (got {err['input']!r:.60})")
         return out
-    return []
 
 
 def parse(spec: Mapping[str, Any]) -> Request:
-    structure = _structure_errors(spec)
+    typed = _typed(spec)
+    structure = typed if isinstance(typed, list) else []
     if structure:
         return Request(selector={}, vm_selector=None, base=None, feature_settings={}, register_settings={}, policy="Pinned",
                        spec_hash=spec_hash(spec), errors=tuple(structure))
@@ -124,15 +125,17 @@ def parse(spec: Mapping[str, Any]) -> Request:
         where = paths.get(err.setting, f"spec.{err.setting}")
         errors.append(f"{where}: {err.reason}")
 
+    assert isinstance(typed, api.CpuModelSpec)
     return Request(
         selector=selector,
         vm_selector=vm_selector,
         base=base,
         feature_settings=feature_settings,
         register_settings=register_settings,
-        policy=str(spec.get("updatePolicy") or "Pinned"),
-        identity_from=str(spec["identityFrom"]) if spec.get("identityFrom") else None,
-        enforcement=str(spec.get("enforcement") or "Scheduling"),
+        policy=typed.updatePolicy,
+        identity_from=typed.identityFrom or None,
+        enforcement=typed.enforcement,
         spec_hash=spec_hash(spec),
         errors=tuple(errors),
+        typed=typed,
     )
