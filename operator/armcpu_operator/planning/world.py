@@ -201,7 +201,7 @@ def _tally(model: str, vm: Mapping[str, Any], mine: bool, desired: vms.Desired |
     return Tally(current, rewrite, pending, vms.uses_hook(vm))
 
 
-MAX_VM_WRITES = 10000  # VM writes one plan carries: the rest are deferred to the next reconcile, so a plan's memory is bounded
+MAX_VM_WRITES = 4000  # VM writes one plan carries: the rest are deferred to the next reconcile, so a plan's memory is bounded
 
 
 def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRITES) -> ModelPlan:
