@@ -79,6 +79,16 @@ def outcome(exc: BaseException) -> str:
     return RETRY
 
 
+def _api_error(status: int, reason: str, raw: bytes, retry_after: str | None, method: str, path: str) -> ApiError:
+    """The API server's refusal, from its Status body (or the raw text when it sent none)."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = {"reason": reason, "message": raw.decode(errors="replace")}
+    return ApiError(status, str(payload.get("reason", reason)), str(payload.get("message", "")), method, path,
+                    retry_after=_seconds(retry_after))
+
+
 class ConfigError(Exception):
     """No usable credentials (neither in-cluster nor a kubeconfig)."""
 
@@ -301,9 +311,14 @@ class Kube:
 
     def _proxied(self) -> bool:
         """An HTTP(S) proxy applies to the server (HTTPS_PROXY and NO_PROXY, as urllib reads them):
-        requests then go through urllib, which speaks to proxies, one connection each."""
-        parts = urllib.parse.urlsplit(self.credentials.server)
-        return bool(urllib.request.getproxies().get(parts.scheme)) and not urllib.request.proxy_bypass(parts.hostname or "")
+        requests then go through urllib, which speaks to proxies, one connection each. Read from the
+        environment once per thread, like its connection, not at every request."""
+        proxied: bool | None = getattr(self._pool, "proxied", None)
+        if proxied is None:
+            parts = urllib.parse.urlsplit(self.credentials.server)
+            proxied = self._pool.proxied = (bool(urllib.request.getproxies().get(parts.scheme))
+                                            and not urllib.request.proxy_bypass(parts.hostname or ""))
+        return proxied
 
     def _request_once(self, method: str, path: str, body: object, content_type: str,
                       query: Mapping[str, str] | None, accept: str | None) -> Any:
@@ -340,12 +355,7 @@ class Kube:
             if method in WRITE_METHODS and self.on_write is not None:
                 self.on_write(method, path, status)
         if status >= 400:
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {"reason": resp.reason, "message": raw.decode(errors="replace")}
-            raise ApiError(status, str(payload.get("reason", resp.reason)), str(payload.get("message", "")), method, path,
-                           retry_after=_seconds(resp.getheader("Retry-After")))
+            raise _api_error(status, resp.reason, raw, resp.getheader("Retry-After"), method, path)
         return json.loads(raw) if raw else None
 
     def _request_urllib(self, method: str, path: str, data: bytes | None, content_type: str,
@@ -358,13 +368,7 @@ class Kube:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             status = exc.code
-            raw = exc.read()
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {"reason": exc.reason, "message": raw.decode(errors="replace")}
-            raise ApiError(exc.code, str(payload.get("reason", exc.reason)), str(payload.get("message", "")), method, path,
-                           retry_after=_seconds(exc.headers.get("Retry-After"))) from None
+            raise _api_error(exc.code, str(exc.reason), exc.read(), exc.headers.get("Retry-After"), method, path) from None
         except http.client.HTTPException as exc:  # a response cut off mid-way: a transport failure like a reset
             raise ConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         finally:

@@ -327,6 +327,7 @@ class Scan:
 class Write(NamedTuple):
     key: VmKey
     mine: bool  # selected by the model (not only once patched by it)
+    current: Mapping[str, Any]  # the VM as read (a VmTable decodes at each read: not read again)
     target: dict[str, Any]
     ops: list[dict[str, Any]]
 
@@ -370,7 +371,7 @@ def walk(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | N
         elif mine and want is not None and want.qemu_cpu is not None:
             scan.unhooked.add(key)
         if ops:
-            yield Write(key, mine, goal, ops)
+            yield Write(key, mine, vm, goal, ops)
 
 
 def plan_for_model(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | None,

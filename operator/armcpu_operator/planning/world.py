@@ -94,9 +94,9 @@ class VmWrite:
         return decoded
 
 
-def _write(name: str, write: vms.Write, vm: Mapping[str, Any], desired: vms.Desired | None, vmi: VmiDefinition | None) -> VmWrite:
+def _write(name: str, write: vms.Write, desired: vms.Desired | None, vmi: VmiDefinition | None) -> VmWrite:
     return VmWrite(patch=json.dumps(write.ops, separators=(",", ":")).encode(), stored=(vms.encode(write.target), vms.summary(write.target)),
-                   before=_tally(name, vm, write.mine, desired, vmi), after=_tally(name, write.target, write.mine, desired, vmi))
+                   before=_tally(name, write.current, write.mine, desired, vmi), after=_tally(name, write.target, write.mine, desired, vmi))
 
 
 @dataclass(frozen=True)
@@ -240,11 +240,11 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
                               index=world.summaries()):
             vmi = world.vmis.get(write.key)
             if len(writes) < max_vm_writes:
-                writes[write.key] = _write(name, write, world.vms[write.key], desired, vmi)
+                writes[write.key] = _write(name, write, desired, vmi)
                 changes[write.key] = (writes[write.key].before, writes[write.key].after)
             else:
                 deferred.add(write.key)
-                changes[write.key] = (_tally(name, world.vms[write.key], write.mine, desired, vmi),
+                changes[write.key] = (_tally(name, write.current, write.mine, desired, vmi),
                                       _tally(name, write.target, write.mine, desired, vmi))
             if vmi is not None:
                 targets[write.key] = write.target  # the running VMs' templates, to tell which wait for a restart
@@ -285,7 +285,7 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
 def plan_removal(world: World, name: str) -> ModelPlan:
     """A CpuModel going away: its labels leave every node, every VM it patched is restored, and the
     hook ConfigMaps no VM needs any more go."""
-    writes = {write.key: _write(name, write, world.vms[write.key], None, None)
+    writes = {write.key: _write(name, write, None, None)
               for write in vms.walk(name, None, None, world.vms, {}, vms.Scan(), index=world.summaries())}
     changes = {key: (w.before, w.after) for key, w in writes.items()}
     hook_base, hook_changes = _hook_plan(world, changes)
