@@ -38,9 +38,9 @@ def refuse(conn: socket.socket) -> None:
 
 
 @contextmanager
-def misbehaving_server(behaviour: Behaviour) -> Iterator[tuple[Kube, list[int]]]:
+def misbehaving_server(behaviour: Behaviour, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> Iterator[tuple[Kube, list[int]]]:
     """A Kube pointed at a server that treats every connection with ``behaviour``; yields it and the
-    number of connections served."""
+    number of connections served. ``tls``: (the server's context, the client's) to speak HTTPS."""
     listener = socket.create_server(("127.0.0.1", 0))
     served: list[int] = [0]
     stop = threading.Event()
@@ -52,6 +52,9 @@ def misbehaving_server(behaviour: Behaviour) -> Iterator[tuple[Kube, list[int]]]
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            if tls is not None:
+                conn.settimeout(5)
+                conn = tls[0].wrap_socket(conn, server_side=True)  # closed later without close_notify, as a killed server does
             with conn:
                 served[0] += 1
                 behaviour(conn)
@@ -59,7 +62,8 @@ def misbehaving_server(behaviour: Behaviour) -> Iterator[tuple[Kube, list[int]]]
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     port = listener.getsockname()[1]
-    kube = Kube(Credentials(server=f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context()), timeout=5.0)
+    scheme, client = ("https", tls[1]) if tls is not None else ("http", ssl.create_default_context())
+    kube = Kube(Credentials(server=f"{scheme}://127.0.0.1:{port}", ssl_context=client), timeout=5.0)
     try:
         yield kube, served
     finally:
@@ -146,33 +150,9 @@ def test_a_kept_alive_tls_connection_the_server_closed_is_replaced_too(tmp_path:
     (tmp_path / "ca.crt").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(crt, key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    served = [0]
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                raw, _ = listener.accept()
-            except TimeoutError:
-                continue
-            raw.settimeout(5)
-            with server_side.wrap_socket(raw, server_side=True) as conn:
-                served[0] += 1
-                if _read_request(conn):
-                    conn.sendall(OK_RESPONSE)  # then closes without close_notify, as a killed or idle-closing server does
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
-    kube = Kube(Credentials(server=f"https://127.0.0.1:{listener.getsockname()[1]}", ssl_context=client), timeout=5.0)
-    try:
+    with misbehaving_server(answer_once_then_close, tls=(server_side, client)) as (kube, served):
         assert kube.get("/api/v1/nodes") == {"ok": True}
         assert kube.merge_patch("/api/v1/nodes/n1", {"metadata": {"labels": {"a": "b"}}}) == {"ok": True}
         kube.close()
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
     assert served[0] == 2
