@@ -44,11 +44,29 @@ VCPU_FEATURE_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("ID_AA64PFR0_EL1", "SVE"),
         *(("ID_AA64ZFR0_EL1", f.name) for f in catalog.register("ID_AA64ZFR0_EL1").fields),
     ),
+    # KVM_ARM_VCPU_PMU_V3 (QEMU ``pmu=off``): without it KVM reports PMUVer as not implemented and
+    # derives the AArch32 PerfMon from it (sys_regs.c ``vcpu_pmuver``, ``pmuver_to_perfmon``).
+    "pmu": (
+        ("ID_AA64DFR0_EL1", "PMUVer"),
+        ("ID_DFR0_EL1", "PerfMon"),
+    ),
 }
+
+# The fields that say whether a vCPU feature is on at all: with every one of them 0 the feature is off,
+# and KVM then reports 0 in every field of its group (pointer auth's generic half cannot stay on
+# without the address half: KVM takes the PTRAUTH_ADDRESS and PTRAUTH_GENERIC vCPU flags together).
+GROUP_LEADS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "pauth": (("ID_AA64ISAR1_EL1", "APA"), ("ID_AA64ISAR1_EL1", "API"), ("ID_AA64ISAR2_EL1", "APA3")),
+    "sve": (("ID_AA64PFR0_EL1", "SVE"),),
+    "pmu": (("ID_AA64DFR0_EL1", "PMUVer"),),
+}
+
+# The groups libvirt (and so KubeVirt's ``domain.cpu.features``) can switch off on aarch64.
+LIBVIRT_GROUPS: tuple[str, ...] = ("sve", "pauth")
 
 
 def vcpu_group_is_off(value: Callable[[str], int], group: str) -> bool:
-    """Whether every field of a vCPU-feature group (``pauth``, ``sve``) is 0 in a register set,
+    """Whether every field of a vCPU-feature group (``pauth``, ``sve``, ``pmu``) is 0 in a register set,
     given as its ``value(register)`` lookup (a Model's or a Profile's)."""
     return all(catalog.field(r, f).extract(value(r)) == 0 for r, f in VCPU_FEATURE_FIELDS[group])
 

@@ -132,6 +132,7 @@ class CombineResult:
 _HINTS = {
     "pauth": "switch pointer authentication off for the guest (features: {FEAT_PAuth: Disabled})",
     "sve": "switch SVE off for the guest (features: {FEAT_SVE: Disabled})",
+    "pmu": "switch the guest's PMU off (features: {FEAT_PMUv3: Disabled}; QEMU pmu=off, so it needs enforcement HookSidecar)",
 }
 
 
@@ -154,6 +155,7 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
         raise ValueError("combine needs at least one profile")
     regs: dict[str, int] = {}
     blockers: list[Blocker] = []
+    in_groups: list[tuple[Field, list[int], int]] = []
     for reg in _feature_registers():
         if not any(reg.name in p.registers for p in profiles):
             continue
@@ -166,7 +168,10 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
             combined = combine_values(fld, dict.fromkeys(vals))  # the fold is idempotent: each value once (tested)
             value = fld.insert(value, combined)
             if len(set(vals)) > 1:
-                blocker = _blocker(fld, profiles, vals, combined)
+                if _vcpu_group(fld) is not None:
+                    in_groups.append((fld, vals, combined))  # decided once the whole group is folded
+                    continue
+                blocker = _blocker(fld, profiles, vals, combined, group_off=False)
                 if blocker is not None:
                     blockers.append(blocker)
         outside = ~reg.defined_mask
@@ -186,6 +191,14 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
                 )
             )
         regs[reg.name] = value
+    for fld, vals, combined in in_groups:
+        # A vCPU feature's field is lowered by switching the whole feature off (KVM then reports 0 in
+        # every field of the group); a group left on must present each of its fields as the node has it.
+        group = _vcpu_group(fld)
+        assert group is not None
+        blocker = _blocker(fld, profiles, vals, combined, group_off=kvm.vcpu_group_is_off(lambda r: regs.get(r, 0), group))
+        if blocker is not None:
+            blockers.append(blocker)
     if "CLIDR_EL1" in regs:
         regs["CLIDR_EL1"] = _clidr_for(regs.get("CTR_EL0", 0), profiles, regs["CLIDR_EL1"])
     chosen = profiles[0]
@@ -203,8 +216,8 @@ def combine(profiles: Sequence[Profile], identity_from: str | None = None) -> Co
     return CombineResult(model=model, blockers=tuple(blockers))
 
 
-def _blocker(fld: Field, profiles: Sequence[Profile], vals: list[int], combined: int) -> Blocker | None:
-    lowered_by_vcpu_feature = _vcpu_group(fld) is not None and combined == 0
+def _blocker(fld: Field, profiles: Sequence[Profile], vals: list[int], combined: int, *, group_off: bool) -> Blocker | None:
+    lowered_by_vcpu_feature = group_off and combined == 0
     stuck = tuple(
         p.name
         for p, v in zip(profiles, vals, strict=True)
@@ -583,6 +596,13 @@ def apply(
                 _make_false(feat.cond, regs, f"features.{dep}")
             except SettingError as exc:
                 notes.append(f"{dep} depends on a disabled feature but {exc.reason}")
+    for group, leads in kvm.GROUP_LEADS.items():
+        if all(catalog.field(r, f).extract(regs.get(r, 0)) == 0 for r, f in leads) \
+                and not kvm.vcpu_group_is_off(lambda r: regs.get(r, 0), group):
+            for r, f in kvm.VCPU_FEATURE_FIELDS[group]:
+                if r in regs:
+                    regs[r] = catalog.field(r, f).insert(regs[r], 0)
+            notes.append(f"the settings switch the vCPU feature {group} off, and KVM then reports 0 in all of its fields")
     after = set(features.decode(regs))
     return Applied(
         model=Model(registers=regs, targets=model.targets, members=model.members),

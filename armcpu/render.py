@@ -35,7 +35,7 @@ class Renderer(Protocol):
 
 
 def _off_groups(model: Model, hosts: Sequence[Profile]) -> list[str]:
-    """vCPU features (pauth, sve) the model switches off where some host has them."""
+    """vCPU features (pauth, sve, pmu) the model switches off where some host has them."""
     return [
         group
         for group in kvm.VCPU_FEATURE_FIELDS
@@ -55,7 +55,10 @@ class QemuSysregV9:
 
     def render(self, model: Model, hosts: Sequence[Profile]) -> Rendering:
         off = _off_groups(model, hosts)
-        skip = {pair for g in off for pair in kvm.VCPU_FEATURE_FIELDS[g]}
+        # QEMU's SYSREG series (v10) hides the properties of fields a legacy composite option owns
+        # (sve*, pauth, pmu): only the switch is ever emitted for them, never a SYSREG_ field. A group
+        # that is neither off nor equal on every host cannot be rendered; combine reports it as a blocker.
+        skip = {pair for pairs in kvm.VCPU_FEATURE_FIELDS.values() for pair in pairs}
         props = [f"{g}=off" for g in off]
         for reg in catalog.registers().values():
             if reg.kind is RegisterKind.IDENTITY or reg.name not in model.registers:
@@ -79,7 +82,7 @@ class QemuSysregV9:
 
 
 def _libvirt(off: Sequence[str]) -> list[str]:
-    return [g for g in off if g in ("sve", "pauth")]
+    return [g for g in off if g in kvm.LIBVIRT_GROUPS]
 
 
 class LibvirtToday:
@@ -88,8 +91,8 @@ class LibvirtToday:
     target = "libvirt-features"
 
     def render(self, model: Model, hosts: Sequence[Profile]) -> Rendering:
-        off = _off_groups(model, hosts)
-        return Rendering(self.target, tuple(f"{g}=off" for g in off), (), tuple(_libvirt(off)))
+        off = _libvirt(_off_groups(model, hosts))
+        return Rendering(self.target, tuple(f"{g}=off" for g in off), (), tuple(off))
 
 
 RENDERERS: dict[str, Renderer] = {r.target: r for r in (QemuSysregV9(), LibvirtToday())}
