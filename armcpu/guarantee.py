@@ -205,7 +205,8 @@ def _closure(pool: Sequence[Profile], start: Sequence[Profile], model: Model, mo
     start_names = tuple(sorted(n.name for k in start_kinds for n in kinds[k]))
     if stuck:
         a, b = stuck[0]
-        why = migration.can_move(first[a], destination_for(first[b], mode, vmm), model).refusals[0].message()
+        refusal = migration.can_move(first[a], destination_for(first[b], mode, vmm), model).refusals[0]
+        why = refusal.rule if refusal.register == "*" else refusal.message()
         return Guarantee(mode, False, "StartNodesCannotMove",
                          f"VMs can start on nodes that cannot take each other's guests ({first[a].name} -> {first[b].name}: "
                          f"{why}): {_split_text(pool, model)}", start_names, ())

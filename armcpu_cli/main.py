@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from armcpu import features, hwcaps, midr, named_models, pool
+from armcpu import features, hwcaps, identity, midr, named_models, pool
+from armcpu import guarantee as guarantees
 from armcpu.model import Applied, CombineResult, Model, SettingError, can_run, diff, model_of
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
 
@@ -116,10 +117,20 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         if rendering.machine_properties:
             print(f"-M virt,{','.join(rendering.machine_properties)}")
         return 0 if result.feasible else 1
+    vmm = guarantees.Vmm(sysreg=args.vmm_sysreg, impl_cpu=args.vmm_impl_cpu)
+    usable = [n for n, c in checks.items() if c.ok]
+    promised = guarantees.all_modes(profiles, m, vmm, usable=usable, rendered_cpu=rendering.cpu_properties,
+                                    rendered_machine=rendering.machine_properties) if result.feasible else {}
+    told = identity.check(m, profiles)
     if args.output in ("json", "yaml"):
         _emit(
             {
                 "model": model_to_dict(m),
+                "guarantee": {mode: {"safe": g.safe, "startOn": list(g.start_on), "migrateTo": list(g.migrate_to),
+                                     "reason": g.reason, "message": g.message} for mode, g in promised.items()},
+                "vmm": {"sysreg": vmm.sysreg, "implCpu": vmm.impl_cpu},
+                "identity": {"core": told.core, "truthful": told.truthful, "hiddenHwcaps": list(told.hidden),
+                             "suggestion": told.suggestion, "message": identity.message(told)},
                 "feasible": result.feasible and all(c.ok for c in checks.values()),
                 "blockers": [b.message() for b in result.blockers],
                 "switched_off": list(applied.switched_off),
@@ -147,6 +158,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if applied.switched_off:
         print(f"  switched off by settings: {', '.join(applied.switched_off)}")
     print(f"  qemu: -cpu {rendering.cpu_arg}")
+    for mode, g in promised.items():
+        print(f"  migration under {mode}: {'safe' if g.safe else 'NOT safe'} ({g.reason}): {g.message}")
+    if not told.truthful:
+        print(f"  identity: {identity.message(told)}")
     return 0 if result.feasible else 1
 
 
@@ -265,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--identity-from", help="the member whose MIDR/REVIDR/AIDR the guest sees")
     b.add_argument("--assume-kvm", action="store_true",
                    help="for profiles without writable masks, assume a Linux 6.18-era KVM")
+    b.add_argument("--vmm-sysreg", action="store_true",
+                   help="the cluster's QEMU accepts -cpu host,SYSREG_* properties (no released QEMU does)")
+    b.add_argument("--vmm-impl-cpu", action="store_true",
+                   help="the cluster's QEMU accepts -M virt,impl-cpu.N.* and enables cap 239 (no released QEMU does)")
     out(b, ("table", "json", "yaml", "qemu"))
     b.set_defaults(func=cmd_baseline)
 

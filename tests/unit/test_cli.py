@@ -102,3 +102,31 @@ def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
     script = f"{sys.executable} -m armcpu_cli.main baseline --assume-kvm {' '.join(profiles)} | {reader}; echo ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout == "141\n" and done.stderr == ""
+
+
+def test_baseline_json_says_the_guarantee_per_enforcement_before_anything_is_applied(capsys: pytest.CaptureFixture[str]) -> None:
+    """Graviton3 + Graviton4: Scheduling cannot make it safe (no node's view is the model); HookSidecar
+    can only with a QEMU that has SYSREG and impl-cpu, which the user declares."""
+    code, out, _ = run(capsys, "baseline", "--assume-kvm", G3, G4, "-o", "json")
+    stock = json.loads(out)["guarantee"]
+    assert code == 0 and set(stock) == {"Scheduling", "HookSidecar"}
+    assert stock["Scheduling"]["safe"] is False and stock["Scheduling"]["reason"] == "NoNodePresentsModel"
+    assert stock["Scheduling"]["migrateTo"] == []
+    assert stock["HookSidecar"] == {**stock["HookSidecar"], "safe": False, "reason": "VmmLacksSysreg", "startOn": []}
+    _, out, _ = run(capsys, "baseline", "--assume-kvm", G3, G4, "-o", "json", "--vmm-sysreg", "--vmm-impl-cpu")
+    capable = json.loads(out)
+    names = sorted(capable["nodes"])
+    assert capable["guarantee"]["HookSidecar"]["safe"] is True
+    assert capable["guarantee"]["HookSidecar"]["startOn"] == capable["guarantee"]["HookSidecar"]["migrateTo"] == names
+    assert capable["guarantee"]["Scheduling"] == stock["Scheduling"]  # the VMM does not change what passthrough carries
+    assert capable["vmm"] == {"sysreg": True, "implCpu": True}
+
+
+def test_baseline_flags_an_identity_that_promises_hidden_features(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "baseline", "--assume-kvm", G4, G3, "-o", "json")
+    told = json.loads(out)["identity"]
+    assert code == 0 and told["core"].startswith("Arm Neoverse-V2") and not told["truthful"]
+    assert {"bti", "sb"} <= set(told["hiddenHwcaps"]) and "SIGILL" in told["message"]
+    _, table, _ = run(capsys, "baseline", "--assume-kvm", G4, G3)
+    assert "identity: the guest sees the MIDR of Arm Neoverse-V2" in table
+    assert "migration under Scheduling: NOT safe (NoNodePresentsModel)" in table

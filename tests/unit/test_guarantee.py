@@ -228,3 +228,24 @@ def test_pmu_versions_kvm_cannot_lower_name_the_pmu_fix() -> None:
     assert "FEAT_PMUv3: Disabled" in blockers["ID_AA64DFR0_EL1.PMUVer"].hint
     applied = model.apply(model.combine(members).model, feature_settings={"FEAT_PMUv3": "Disabled"}, pool=members)
     assert kvm.vcpu_group_is_off(applied.model.value, "pmu")
+
+
+# --- the identity tells the truth, or is flagged ---
+
+def test_a_model_that_hides_what_its_midr_core_has_is_flagged_and_an_honest_identity_offered() -> None:
+    from armcpu import identity
+
+    members = [g4(), g3()]  # the identity is Graviton4's Neoverse-V2, the model has Graviton3's lows
+    told = identity.check(pool.plan_pool(members).model, members)
+    assert not told.truthful and {"bti", "flagm2", "frint", "sb"} <= set(told.hidden)
+    assert told.settable  # both report cap 239 (assume_kvm), so an identity could be presented
+    same = identity.check(pool.plan_pool([g4(), g4("b")]).model, [g4(), g4("b")])
+    assert same.truthful and same.hidden == ()
+    # Neoverse-N1 (Ampere Altra) with Graviton3: V1's identity hides what V1 has; N1's hides nothing
+    altra, v1 = pool.assume_kvm(load_cpu("ampere-altra.json")), pool.assume_kvm(load_cpu("graviton3.json"))
+    mixed = [replace(v1, name="v1"), replace(altra, name="altra")]
+    found = identity.check(model.combine(mixed).model, mixed)  # the raw dumps' fold: its fields are what matter here
+    assert {"sve", "sha3", "paca"} <= set(found.hidden) and found.suggestion == "altra"
+    assert "spec.identityFrom: altra" in identity.message(found)
+    honest = identity.check(model.combine(mixed, identity_from="altra").model, mixed)
+    assert honest.truthful and honest.core.startswith("Arm Neoverse-N1")
