@@ -119,9 +119,12 @@ def split_by_view(nodes: Sequence[Profile], model: Model) -> list[list[str]]:
     pool Scheduling makes safe (its model is its members' own view)."""
     groups: dict[tuple[object, ...], list[str]] = {}
     off = off_groups(model)
+    seen: dict[int, tuple[object, ...]] = {}  # equal profiles often share one register mapping (the operator's parser)
     for node in nodes:
-        key = (tuple(sorted(passthrough_view(node, off).items())), migration.kernel_series(node.kernel))
-        groups.setdefault(key, []).append(node.name)
+        key = seen.get(id(node.registers))
+        if key is None:
+            key = seen[id(node.registers)] = tuple(sorted(passthrough_view(node, off).items()))
+        groups.setdefault((key, migration.kernel_series(node.kernel)), []).append(node.name)
     return sorted(groups.values(), key=lambda g: (-len(g), g))
 
 
@@ -150,7 +153,12 @@ def guarantee(members: Sequence[Profile], model: Model, *, mode: str, vmm: Vmm =
     """
     if mode not in MODES:
         raise ValueError(f"enforcement {mode!r}: expected one of {', '.join(MODES)}")
-    pool = [m for m in members if (m.name in usable if usable is not None else can_run(m, model).ok)]
+    if usable is not None:
+        allowed = set(usable)
+        pool = [m for m in members if m.name in allowed]
+    else:
+        pool = [m for m in members if can_run(m, model).ok]
+    kinds = {m.name: _kind(m) for m in pool}  # computed once per node: it sorts every register
     names = tuple(sorted(m.name for m in pool))
     if not pool:
         return Guarantee(mode, False, "NoUsableNodes", "no selected node can run the model", (), ())
@@ -175,23 +183,29 @@ def guarantee(members: Sequence[Profile], model: Model, *, mode: str, vmm: Vmm =
                                  f"(KVM_CAP_ARM_WRITABLE_IMP_ID_REGS, Linux 6.15+): {_named(lacking)}", names, ())
         start = list(pool)
     else:
-        start = [m for m in pool if presents_model(m, model)]
+        presents: dict[tuple[object, ...], bool] = {}  # once per kind of node, not once per node
+        for m in pool:
+            kind = kinds[m.name]
+            if kind not in presents:
+                presents[kind] = presents_model(m, model)
+        start = [m for m in pool if presents[kinds[m.name]]]
         if not start:
             return Guarantee(mode, False, "NoNodePresentsModel",
                              "with enforcement Scheduling a VM runs host-passthrough and carries its boot node's registers, "
                              "and no selected node's own view equals the model, so a migration to a node with a lower view "
                              f"fails: {_split_text(pool, model)}, {HOOK_FIX}", names, ())
-    return _closure(pool, start, model, mode, vmm)
+    return _closure(pool, kinds, start, model, mode, vmm)
 
 
-def _closure(pool: Sequence[Profile], start: Sequence[Profile], model: Model, mode: str, vmm: Vmm) -> Guarantee:
+def _closure(pool: Sequence[Profile], kind_of: Mapping[str, tuple[object, ...]], start: Sequence[Profile], model: Model, mode: str,
+             vmm: Vmm) -> Guarantee:
     """The largest set of nodes around ``start`` between which every move is accepted, computed on
     node kinds (a large pool has a few kinds of node, and a move depends only on the kinds)."""
     kinds: dict[tuple[object, ...], list[Profile]] = {}
     for node in pool:
-        kinds.setdefault(_kind(node), []).append(node)
+        kinds.setdefault(kind_of[node.name], []).append(node)
     first = {k: ns[0] for k, ns in kinds.items()}
-    start_kinds = list(dict.fromkeys(_kind(n) for n in start))
+    start_kinds = list(dict.fromkeys(kind_of[n.name] for n in start))
     memo: dict[tuple[tuple[object, ...], tuple[object, ...]], bool] = {}
 
     def moves(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
@@ -218,7 +232,8 @@ def _closure(pool: Sequence[Profile], start: Sequence[Profile], model: Model, mo
             break
         reach.remove(worst)
     migrate_names = tuple(sorted(n.name for k in reach for n in kinds[k]))
-    left_out = sorted(n.name for n in pool if n.name not in migrate_names)
+    reached = set(reach)
+    left_out = sorted(n.name for k, ns in kinds.items() if k not in reached for n in ns)
     if mode == HOOK_SIDECAR:
         reason, message = "ModelSetByVmm", f"QEMU sets the model on every node: VMs start on and migrate between {len(migrate_names)} node(s)"
     elif len(migrate_names) == len(start_names):

@@ -38,12 +38,17 @@ def _core(value: int) -> tuple[int, int]:
     return decoded.implementer, decoded.part
 
 
+def _distinct(members: Sequence[Profile]) -> list[Profile]:
+    """One member per distinct register set (a large pool has a few kinds of node)."""
+    return list({tuple(sorted(m.registers.items())): m for m in members}.values())
+
+
 def normally_has(core_midr: int, members: Sequence[Profile]) -> set[str]:
     """The hwcaps of real views of the core ``core_midr`` names: members with that implementer and part,
     and armcpu's named model of it."""
     core = _core(core_midr)
     seen: set[str] = set()
-    views = [m.registers for m in members if _core(m.midr) == core]
+    views = [m.registers for m in _distinct(members) if _core(m.midr) == core]
     if not views:
         views = [n.registers for n in named_models.named_models().values() if _core(n.midr) == core]
     for registers in views:
@@ -52,6 +57,8 @@ def normally_has(core_midr: int, members: Sequence[Profile]) -> set[str]:
 
 
 def check(model: Model, members: Sequence[Profile]) -> IdentityCheck:
+    settable = bool(members) and all(m.kvm.writable_imp_id_regs is True for m in members)
+    members = _distinct(members)
     have = set(hwcaps.decode(model.registers))
     own = model.value("MIDR_EL1")
     hidden = tuple(sorted(normally_has(own, members) - have))
@@ -59,7 +66,6 @@ def check(model: Model, members: Sequence[Profile]) -> IdentityCheck:
     if hidden:
         honest = [m for m in members if _core(m.midr) != _core(own) and not normally_has(m.midr, members) - have]
         suggestion = min((m.name for m in honest), default=None)
-    settable = bool(members) and all(m.kvm.writable_imp_id_regs is True for m in members)
     return IdentityCheck(midr.decode(own).describe(), hidden, suggestion, settable)
 
 

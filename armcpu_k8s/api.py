@@ -263,7 +263,7 @@ class IncompatibleNode(_Schema):
 class Condition(_Schema):
     """A Kubernetes API condition."""
 
-    type: str = Field(description="Ready, Degraded, Invalid or RestartPending.")
+    type: str = Field(description="Ready, Degraded, Invalid, RestartPending, PredictionMismatch, MigrationSafe or IdentityMatchesModel.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", description="One CamelCase word for programs (see docs/operator.md).")
     message: str = Field("", description="What a human should know, naming nodes, fields and values.")
@@ -281,6 +281,30 @@ class LiveRevision(_Schema):
     implementations: list[Implementation] = Field(default_factory=list, description="Its members' identities.")
     nodes: int = Field(0, description="Nodes that can run both it and the current revision (labelled r<N>.cpumodel.armcpu.io/<name>); "
                        "0: its VMs cannot migrate until they restart (said in the RestartPending condition).")
+
+
+class Vmm(_Schema):
+    """What the cluster's QEMU can do, as the operator was told (--vmm-sysreg, --vmm-impl-cpu)."""
+
+    sysreg: bool = Field(False, description="QEMU accepts -cpu host,SYSREG_<REG>_<FIELD>=<value> (no released QEMU does).")
+    implCpu: bool = Field(False, description="QEMU accepts -M virt,impl-cpu.N.* and enables KVM's cap 239 (no released QEMU does).")
+
+
+class Guarantee(_Schema):
+    """Which migrations of this pool's VMs are safe under the enforcement in effect and the declared QEMU."""
+
+    enforcement: str = Field(description="The enforcement it was computed for (the one in effect).")
+    safe: bool = Field(description="True: every move between startOn and migrateTo nodes is accepted, by the rules the truth "
+                       "matrix measured (docs/truth.md). False: reason and message say why, and what would fix it.")
+    reason: str = Field(description="One CamelCase word (the MigrationSafe condition's reason).")
+    message: str = Field("", description="What holds, and when unsafe what would fix it.")
+    vmm: Vmm | None = Field(None, description="The QEMU abilities it assumed.")
+    startOn: list[str] = Field(default_factory=list, max_length=20,
+                               description="Up to 20 nodes a VM may boot on (labelled start.cpumodel.armcpu.io/<name>).")
+    startOnCount: int = Field(0, description="How many nodes a VM may boot on.")
+    migrateTo: list[str] = Field(default_factory=list, max_length=20,
+                                 description="Up to 20 nodes a running VM may migrate to (empty: no migration is safe).")
+    migrateToCount: int = Field(0, description="How many nodes a running VM may migrate to.")
 
 
 class CpuModelStatus(_Schema):
@@ -305,6 +329,8 @@ class CpuModelStatus(_Schema):
         default_factory=list, description="Costs on compatible nodes, e.g. a CTR_EL0 that differs from the node's makes every guest CTR_EL0 "
         "read trap (up to 20).",
     )
+    guarantee: Guarantee | None = Field(None, description="Which migrations are safe on the stack the cluster runs "
+                                        "(the MigrationSafe condition says the same).")
     liveRevisions: list[LiveRevision] = Field(
         default_factory=list, max_length=16,
         description="Older revisions running VMs still use: nodes that can run one (and the current revision) are labelled "
@@ -312,7 +338,8 @@ class CpuModelStatus(_Schema):
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready, Degraded, Invalid, RestartPending, PredictionMismatch (a node's kernel disagrees "
-        "with armcpu's rules).",
+        "with armcpu's rules), MigrationSafe (status.guarantee), IdentityMatchesModel (the guest's MIDR promises no hwcap the "
+        "model hides).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 

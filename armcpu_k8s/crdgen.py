@@ -191,6 +191,7 @@ CRDS = (
             {"name": "Selected", "type": "integer", "jsonPath": ".status.nodes.selected"},
             {"name": "Revision", "type": "integer", "jsonPath": ".status.revision"},
             {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+            {"name": "MigrationSafe", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"MigrationSafe\")].status"},
             {"name": "Policy", "type": "string", "jsonPath": ".spec.updatePolicy", "priority": 1},
             {"name": "Fingerprint", "type": "string", "jsonPath": ".status.fingerprint", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

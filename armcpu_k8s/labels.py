@@ -1,8 +1,10 @@
 """Label and annotation keys armcpu owns. Everything armcpu writes on Nodes and VMs is under these.
 
 The agent owns ``armcpu.io/`` and ``feature.armcpu.io/`` keys on its own Node; the operator owns
-``cpumodel.armcpu.io/<model>`` (the current revision a node can run) and ``r<N>.cpumodel.armcpu.io/<model>``
-(an older revision N still running on some VM, which the node can also run) keys on Nodes. Neither touches the other's keys, and neither ever writes
+``cpumodel.armcpu.io/<model>`` (a VM of the current revision may run here: boot or receive a migration),
+``start.cpumodel.armcpu.io/<model>`` (a VM of the current revision may boot here: the pod webhook
+requires it of boot pods) and ``r<N>.cpumodel.armcpu.io/<model>`` (an older revision N still running on
+some VM, whose guests this node can also receive) keys on Nodes. Neither touches the other's keys, and neither ever writes
 ``kubevirt.io``, ``node-labeller.kubevirt.io`` or ``feature.node.kubernetes.io`` keys.
 """
 
@@ -18,6 +20,7 @@ PROBE = f"{DOMAIN}/probe"
 FEATURE_PREFIX = f"feature.{DOMAIN}/"
 AGENT_PREFIXES = (f"{DOMAIN}/", FEATURE_PREFIX)
 MODEL_PREFIX = f"cpumodel.{DOMAIN}/"
+START_PREFIX = f"start.{MODEL_PREFIX}"
 _REVISION_KEY = re.compile(rf"^r([1-9][0-9]*)\.cpumodel\.{re.escape(DOMAIN)}/(.+)$")
 FOREIGN_PREFIXES = ("kubevirt.io/", "node-labeller.kubevirt.io/", "cpu-model.node.kubevirt.io/", "feature.node.kubernetes.io/")
 
@@ -38,7 +41,12 @@ def is_agent_key(key: str) -> bool:
 
 
 def is_model_key(key: str) -> bool:
-    return key.startswith(MODEL_PREFIX) or _REVISION_KEY.match(key) is not None
+    return key.startswith((MODEL_PREFIX, START_PREFIX)) or _REVISION_KEY.match(key) is not None
+
+
+def start_key(model: str) -> str:
+    """The node label saying a VM of ``model``'s current revision may boot on the node."""
+    return START_PREFIX + model
 
 
 def revision_key(model: str, revision: int) -> str:
@@ -53,5 +61,5 @@ def revision_of_key(key: str, model: str) -> int | None:
 
 
 def owned_by_model(key: str, model: str) -> bool:
-    """A node label the operator writes for ``model``: its current revision or an older live one."""
-    return key == MODEL_PREFIX + model or revision_of_key(key, model) is not None
+    """A node label the operator writes for ``model``: its current revision (placement or boot) or an older live one."""
+    return key in (MODEL_PREFIX + model, START_PREFIX + model) or revision_of_key(key, model) is not None

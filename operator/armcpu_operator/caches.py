@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from armcpu.guarantee import STOCK, Vmm
 from armcpu.profile import Profile
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
@@ -95,7 +96,7 @@ class Caches:
 
     # --- the world one reconcile plans from
 
-    def world(self, now: str, *, hook_script: str, kernel_verification: str) -> World:
+    def world(self, now: str, *, hook_script: str, kernel_verification: str, vmm: Vmm = STOCK) -> World:
         encoded, index = self.vms_view()
         return World(
             now=now,
@@ -110,6 +111,7 @@ class Caches:
             reported_ambiguous=frozenset(self.ambiguous_reported),
             reported_unhooked=frozenset(self.unhooked_reported),
             kernel_verification=kernel_verification,
+            vmm=vmm,
         )
 
     # --- deliveries from the watches (each on the loop)

@@ -5,7 +5,8 @@
   :func:`armcpu_operator.reconciler.run` and a deletion handler (:func:`armcpu_operator.reconciler.remove`);
 - Nodes, NodeCpuProfiles, VMs and VMIs: :mod:`armcpu_operator.listwatch` watches them directly (kopf's
   per-event cost is too high for collections that size, and kopf then writes nothing on them);
-- the webhooks: the decisions are :func:`admission.spec_errors` and :func:`admission.dress_at_admission`.
+- the webhooks: the decisions are :func:`admission.spec_errors`, :func:`admission.dress_at_admission` and
+  :func:`admission.constrain_boot_pod`.
 
 Every handler is ``async``: it runs on the event loop that owns the caches, never in kopf's thread pool.
 """
@@ -163,9 +164,26 @@ async def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     patch.fns.append(dress)
 
 
+async def mutate_launcher_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Boot pods of armcpu-dressed VMs start only where the guarantee lets a VM boot (the nodes whose
+    own view is the model, under Scheduling); migration target pods are left as KubeVirt made them."""
+    goal = admission.constrain_boot_pod(dict(body))
+    if goal is None:
+        return
+
+    def constrain(raw: kopf.RawBody) -> None:
+        mutable = cast(dict[str, Any], raw)
+        mutable.clear()
+        mutable.update(goal)
+
+    patch.fns.append(constrain)
+
+
 def register_webhook() -> None:
     """Registered only when main() configures a webhook server (kopf refuses handlers without one)."""
     kopf.on.validate(GROUP, VERSION, "cpumodels", id="validate-cpumodel", operations=["CREATE", "UPDATE"],
                      ignore_failures=True)(validate_cpumodel)
     kopf.on.mutate("kubevirt.io", "v1", "virtualmachines", id="mutate-vm", operations=["CREATE", "UPDATE"],
                    ignore_failures=True)(mutate_vm)
+    kopf.on.mutate("", "v1", "pods", id="mutate-launcher-pod", operations=["CREATE"], ignore_failures=True,
+                   labels={admission.LAUNCHER_LABEL[0]: admission.LAUNCHER_LABEL[1]})(mutate_launcher_pod)

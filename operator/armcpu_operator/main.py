@@ -17,6 +17,7 @@ from pathlib import Path
 
 import kopf
 
+from armcpu.guarantee import Vmm
 from armcpu_k8s import logs, serving
 from armcpu_k8s.kube import ConfigError, Kube, load_credentials
 from armcpu_operator import cleanup, handlers, metrics  # importing handlers registers them with kopf
@@ -53,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Required: a node runs a revision only once its agent verified it on the node's kernel (default). Advisory: "
                         "armcpu's rules decide until a kernel verdict arrives (for nodes whose agents cannot verify); a kernel's "
                         "refusal counts either way")
+    p.add_argument("--vmm-sysreg", action="store_true",
+                   help="declare that the cluster's QEMU accepts -cpu host,SYSREG_* properties (no released QEMU does): "
+                        "HookSidecar models may then be MigrationSafe")
+    p.add_argument("--vmm-impl-cpu", action="store_true",
+                   help="declare that the cluster's QEMU accepts -M virt,impl-cpu.N.* and enables cap 239 (no released QEMU does)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     return p.parse_args(argv)
 
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return cleanup.run(RUNTIME.kube)
     RUNTIME.resync_seconds = args.resync
     RUNTIME.kernel_verification = args.kernel_verification
+    RUNTIME.vmm = Vmm(sysreg=args.vmm_sysreg, impl_cpu=args.vmm_impl_cpu)
     if args.webhook_config and "." not in args.webhook_config:
         log.error("--webhook-config must be a domain such as armcpu.io: webhook names (<handler>.<config>) need three dot-separated parts")
         return 2

@@ -38,7 +38,8 @@ def now() -> str:
 
 
 def snapshot(caches: Caches, runtime: Runtime) -> worlds.World:
-    return caches.world(now(), hook_script=hookmaps.SCRIPT, kernel_verification=runtime.kernel_verification)
+    return caches.world(now(), hook_script=hookmaps.SCRIPT, kernel_verification=runtime.kernel_verification,
+                        vmm=runtime.vmm)
 
 
 async def reconcile_once(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kopf.Body) -> executor.Result:

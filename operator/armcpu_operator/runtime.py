@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from armcpu.guarantee import Vmm
 from armcpu_k8s.kube import Kube
 
 
@@ -25,6 +26,7 @@ class Runtime:
     webhook: Webhook | None = None
     resync_seconds: float = 300.0
     kernel_verification: str = "Required"  # --kernel-verification: Required or Advisory (armcpu_operator.plan)
+    vmm: Vmm = field(default_factory=Vmm)  # --vmm-sysreg / --vmm-impl-cpu: what the cluster's QEMU can do
     debounce_seconds: float = 0.2
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -97,7 +97,8 @@ def test_follow_recomputes_and_counts_revisions() -> None:
     more_nodes, more_profiles = world({"g4": "graviton4-neoverse-v2-host6.18.json", "g3": "graviton3-neoverse-v1-host6.18.json"})
     second = reconcile(cpumodel(s, first.status), applied(more_nodes, first), more_profiles, LATER)
     assert second.status["revision"] == 2 and set(second.compatible) == {"g3", "g4"}
-    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2"}, "g3": {"cpumodel.armcpu.io/m": "2"}}
+    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2"},
+                                    "g3": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2"}}
     assert [e.reason for e in second.events] == ["ModelRevised"]
 
 
@@ -128,8 +129,9 @@ def test_labels_leave_nodes_outside_the_pool_and_foreign_keys_stay() -> None:
     nodes, profiles = world({"a": "graviton4-neoverse-v2-host6.18.json"})
     nodes["stray"] = {"pool": "other", "cpumodel.armcpu.io/m": "7", "cpumodel.armcpu.io/other": "1"}
     result = reconcile(cpumodel(SPEC), nodes, profiles, NOW)
-    assert result.label_changes == {"a": {"cpumodel.armcpu.io/m": "1"}, "stray": {"cpumodel.armcpu.io/m": None}}
-    assert plan.removal("m", applied(nodes, result)) == {"a": {"cpumodel.armcpu.io/m": None}}
+    assert result.label_changes == {"a": {"cpumodel.armcpu.io/m": "1", "start.cpumodel.armcpu.io/m": "1"},
+                                    "stray": {"cpumodel.armcpu.io/m": None}}
+    assert plan.removal("m", applied(nodes, result)) == {"a": {"cpumodel.armcpu.io/m": None, "start.cpumodel.armcpu.io/m": None}}
 
 
 def test_mrs_or_missing_profiles_are_incompatible_with_reasons() -> None:
@@ -239,8 +241,9 @@ def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_r
     assert second.status["revision"] == 2
     assert [(e["revision"], e["nodes"]) for e in second.status["liveRevisions"]] == [(1, 1)]
     assert second.status["liveRevisions"][0]["registers"] == first.status["model"]["registers"]
-    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "r1.cpumodel.armcpu.io/m": "true"},
-                                    "g3": {"cpumodel.armcpu.io/m": "2"}}
+    assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2",
+                                           "r1.cpumodel.armcpu.io/m": "true"},
+                                    "g3": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2"}}
     steady = reconcile(cpumodel(s, second.status), applied(applied(more_nodes, first), second), more_profiles, LATER,
                             running={"1": 1, "2": 1})
     assert steady.label_changes == {} and steady.status == second.status
@@ -249,7 +252,8 @@ def test_an_older_revision_running_vms_use_keeps_its_own_node_label_until_they_r
     assert "liveRevisions" not in restarted.status
     assert restarted.label_changes == {"g4": {"r1.cpumodel.armcpu.io/m": None}}
     gone = plan.removal("m", applied(applied(more_nodes, first), second))
-    assert gone == {"g4": {"cpumodel.armcpu.io/m": None, "r1.cpumodel.armcpu.io/m": None}, "g3": {"cpumodel.armcpu.io/m": None}}
+    assert gone == {"g4": {"cpumodel.armcpu.io/m": None, "start.cpumodel.armcpu.io/m": None, "r1.cpumodel.armcpu.io/m": None},
+                    "g3": {"cpumodel.armcpu.io/m": None, "start.cpumodel.armcpu.io/m": None}}
 
 
 def test_restart_pending_says_when_an_older_revision_has_nowhere_to_migrate() -> None:
@@ -286,7 +290,7 @@ def test_required_verification_holds_nodes_pending_until_their_kernel_agrees() -
     profiles["a"] = _with_verdict(profiles["a"], registers, True, True)
     second = plan.reconcile(cpumodel(SPEC, first.status), nodes, profiles, LATER, kernel_verification="Required")
     assert second.compatible == ("a",) and second.pending == ("b",)
-    assert second.label_changes == {"a": {plan.label_key("m"): "1"}}
+    assert second.label_changes == {"a": {plan.label_key("m"): "1", labels.start_key("m"): "1"}}
     mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")
     assert mismatch["status"] == "False"
     # Advisory: the node without a verdict is not held back
@@ -304,7 +308,7 @@ def test_a_kernel_that_refuses_what_the_rules_admit_is_incompatible_and_loud(pol
     profiles["b"] = _with_verdict(profiles["b"], registers, True, True)
     second = plan.reconcile(cpumodel(SPEC, first.status), applied(nodes, first), profiles, LATER, kernel_verification=policy)
     assert second.compatible == ("b",) and second.incompatible == ("a",)
-    assert second.label_changes == {"a": {plan.label_key("m"): None}}
+    assert second.label_changes == {"a": {plan.label_key("m"): None, labels.start_key("m"): None}}
     reasons = next(n["reasons"] for n in second.status["incompatibleNodes"] if n["name"] == "a")
     assert "kernel refused" in reasons[0] and "ID_AA64ISAR1_EL1.BF16" in reasons[0]
     mismatch = next(c for c in second.status["conditions"] if c["type"] == "PredictionMismatch")

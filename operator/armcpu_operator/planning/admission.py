@@ -1,5 +1,5 @@
-"""What kopf's indexes keep per CpuModel, and the two admission decisions (validate a CpuModel,
-dress a VM), as pure functions of the objects.
+"""What kopf's indexes keep per CpuModel, and the three admission decisions (validate a CpuModel,
+dress a VM, constrain a virt-launcher boot pod), as pure functions of the objects.
 
 The indexes read the spec *in effect* (``status.appliedSpec``), not the raw spec: a spec change that
 is invalid or not computed yet moves no VM, at admission or in the reconciler.
@@ -15,6 +15,7 @@ from typing import Any
 import pydantic
 
 from armcpu_k8s import api, selectors
+from armcpu_k8s import labels as keys
 from armcpu_operator.planning import spec as specs
 from armcpu_operator.planning import vms
 from armcpu_operator.planning.world import VmiDefinition
@@ -107,3 +108,42 @@ def dress_at_admission(vm: Mapping[str, Any], claims: Mapping[str, vms.Claim], d
         return None  # the reconciler already moved it to a revision this replica's index has not seen yet: never move it back
     return vms.target(vm, desired)
 
+
+
+LAUNCHER_LABEL = ("kubevirt.io", "virt-launcher")  # KubeVirt labels every virt-launcher pod so
+MIGRATION_JOB_LABEL = "kubevirt.io/migrationJobUID"  # ...and a migration's target pod with the migration's UID
+PLACEMENT_ANNOTATION = f"{keys.DOMAIN}/placement"  # what this webhook added to a pod, for whoever reads it
+
+
+def boot_pod_requirements(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The nodeSelector entries a virt-launcher *boot* pod must also carry: for each armcpu model the
+    VM's nodeSelector names (``cpumodel.armcpu.io/<model>: <revision>``, copied by KubeVirt from the
+    VMI), ``start.cpumodel.armcpu.io/<model>: <revision>``, the nodes the guarantee lets a VM boot on.
+
+    A migration target pod (labelled with the migration's UID) gets nothing: it goes wherever the
+    model key admits, the nodes that accept the guest the source booted. Decided from the pod alone,
+    at its creation: no lookup, so nothing can race (the x86 host-model pattern of KubeVirt, which
+    constrains the target pod, mirrored: here the boot pod is the one narrowed).
+    """
+    meta = pod.get("metadata") or {}
+    pod_labels = meta.get("labels") or {}
+    if pod_labels.get(LAUNCHER_LABEL[0]) != LAUNCHER_LABEL[1] or MIGRATION_JOB_LABEL in pod_labels:
+        return {}
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    wanted = {keys.start_key(key[len(keys.MODEL_PREFIX):]): value for key, value in selector.items()
+              if isinstance(key, str) and key.startswith(keys.MODEL_PREFIX) and isinstance(value, str)}
+    return {key: value for key, value in wanted.items() if selector.get(key) != value}
+
+
+def constrain_boot_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``pod`` with :func:`boot_pod_requirements` added to its nodeSelector and recorded in an
+    annotation; None when nothing is to add."""
+    adding = boot_pod_requirements(pod)
+    if not adding:
+        return None
+    out = copy.deepcopy(dict(pod))
+    spec = out.setdefault("spec", {})
+    spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **adding}
+    meta = out.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), PLACEMENT_ANNOTATION: ",".join(sorted(adding))}
+    return out

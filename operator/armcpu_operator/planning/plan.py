@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from armcpu import features as feats
+from armcpu import guarantee as guarantees
+from armcpu import identity
 from armcpu import model as algebra
 from armcpu import pool as pools
 from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
@@ -230,6 +232,14 @@ def _compute(request: specs.Request, pool: list[Profile]) -> tuple[algebra.Model
     return planned.model, Rendered.of(planned), ""
 
 
+def _guarantee(pool: Sequence[Profile], model: algebra.Model, rendered: Rendered, compatible: Sequence[str], mode: str,
+               vmm: guarantees.Vmm) -> guarantees.Guarantee:
+    """The guarantee for the revision in effect, over the nodes found compatible (kernel verdicts included)."""
+    cpu = tuple((rendered.qemu or "host").split(",")[1:])
+    machine = tuple(p for p in (rendered.machine or "").split(",") if p)
+    return guarantees.guarantee(pool, model, mode=mode, vmm=vmm, usable=compatible, rendered_cpu=cpu, rendered_machine=machine)
+
+
 def _live_revisions(old: Mapping[str, Any], revision: int, running: Mapping[str, int]) -> list[dict[str, Any]]:
     """Older revisions some running VM still runs, with their models (kept in status, since only the
     current model is otherwise stored): their nodes keep an ``r<N>`` label so those VMs can migrate."""
@@ -245,10 +255,13 @@ def _live_revisions(old: Mapping[str, Any], revision: int, running: Mapping[str,
 
 def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]],
               profiles: Mapping[str, Mapping[str, Any] | ParsedProfile], now: str,
-              running: Mapping[str, int] | None = None, kernel_verification: str = REQUIRED) -> Plan:
+              running: Mapping[str, int] | None = None, kernel_verification: str = REQUIRED,
+              vmm: guarantees.Vmm = guarantees.STOCK) -> Plan:
     """``running``: how many running VMs (VMIs) of this model were started with each revision.
     ``kernel_verification``: Required (a node is compatible only once its kernel verified the
-    revision) or Advisory (a missing verdict does not hold a node back; a refusal still does)."""
+    revision) or Advisory (a missing verdict does not hold a node back; a refusal still does).
+    ``vmm``: what the cluster's QEMU can do, as declared: with the enforcement in effect it decides
+    the guarantee, and so which compatible nodes VMs may boot on and migrate to."""
     meta = cpumodel.get("metadata", {})
     name = meta["name"]
     generation = meta.get("generation")
@@ -339,15 +352,25 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
 
     live = _live_revisions(old, revision, running or {}) if model is not None else list(old.get("liveRevisions") or [])
     by_name = {p.name: p for p in pool}
+    mode = effective.enforcement
+    promise = _guarantee(pool, model, rendered, compatible, mode, vmm) if model is not None else None
+    # Where a VM may be: every node the guarantee names when it holds; when it does not, every compatible
+    # node, as before the guarantee existed (MigrationSafe=False says that migrations there may fail).
+    placed = set(promise.start_on) | set(promise.migrate_to) if promise is not None and promise.safe else set(compatible)
+    boot = set(promise.start_on) if promise is not None else set()
+    start = keys.start_key(name)
     label_changes: dict[str, dict[str, str | None]] = {}
     both = {int(e["revision"]): 0 for e in live}  # nodes that can run the older revision and the current one
     older_models = [(entry, model_from_status(entry)) for entry in live]
     older_keys = {int(e["revision"]): verification_key(m.registers) for e, m in older_models}  # hashed once, not once per node
     for node_name, node_labels in nodes.items():
-        want: dict[str, str | None] = {key: str(revision) if node_name in compatible else None}
+        want: dict[str, str | None] = {key: str(revision) if node_name in placed else None,
+                                       start: str(revision) if node_name in boot else None}
         for entry, older in older_models:
-            runs = node_name in compatible and kernel_says(by_name[node_name], older_keys[int(entry["revision"])],
-                                                           _can_run(by_name[node_name], older), kernel_verification)[0] == "compatible"
+            # a running guest of the older revision carries its registers as the cluster's QEMU writes them
+            runs = node_name in placed and kernel_says(
+                by_name[node_name], older_keys[int(entry["revision"])],
+                _can_run(guarantees.destination_for(by_name[node_name], mode, vmm), older), kernel_verification)[0] == "compatible"
             both[int(entry["revision"])] += runs
             want[keys.revision_key(name, int(entry["revision"]))] = "true" if runs else None
         for label in node_labels:
@@ -368,7 +391,9 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     elif not compatible:
         conditions.append(cond("Ready", "False", "NoCompatibleNodes", f"none of the {len(selected)} selected node(s) can run revision {revision}"))
     else:
-        conditions.append(cond("Ready", "True", "ModelReady", f"{len(compatible)} of {len(selected)} selected node(s) can run revision {revision}"))
+        unsafe = "; migrations are not safe: see MigrationSafe" if promise is not None and not promise.safe else ""
+        conditions.append(cond("Ready", "True", "ModelReady",
+                               f"{len(compatible)} of {len(selected)} selected node(s) can run revision {revision}{unsafe}"))
     not_computed = (f"the spec change is not applied, revision {revision} and its spec stay in effect: {problem}" if spec_change_waits
                     else f"a new revision could not be computed: {problem}")
     if inc_names:
@@ -382,6 +407,14 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
         conditions.append(cond("Degraded", "False", "AllNodesCompatible", "every selected node can run the model") if selected
                           else cond("Degraded", "False", "NoNodesSelected", "the nodeSelector selects no node"))
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
+    if promise is not None:
+        conditions.append(cond("MigrationSafe", "True" if promise.safe else "False", promise.reason, promise.message))
+        told = identity.check(model, [by_name[n] for n in compatible]) if model is not None and compatible else None
+        if told is not None:
+            conditions.append(cond("IdentityMatchesModel", "True" if told.truthful else "False",
+                                   "NoHiddenFeatures" if told.truthful else "MidrPromisesHiddenFeatures", identity.message(told)))
+    else:
+        conditions.append(cond("MigrationSafe", "False", "NoModel", "no model is computed, so no migration is promised"))
     if mismatches:
         conditions.append(cond("PredictionMismatch", "True", "KernelDisagrees",
                                f"{len(mismatches)} node(s) disagree with armcpu's rules (a bug in armcpu: please report it): "
@@ -410,6 +443,12 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     if pending:  # only then: a status without pending nodes stays as it was before verification existed (no write on upgrade)
         status["nodes"]["pending"] = len(pending)
         status["pendingNodes"] = sorted(pending)[:MAX_LISTED_NODES]
+    if promise is not None:
+        status["guarantee"] = {
+            "enforcement": promise.mode, "safe": promise.safe, "reason": promise.reason,
+            "message": capped(promise.message, MAX_MESSAGE_CHARS), "vmm": {"sysreg": vmm.sysreg, "implCpu": vmm.impl_cpu},
+            "startOn": list(promise.start_on[:MAX_LISTED_NODES]), "startOnCount": len(promise.start_on),
+            "migrateTo": list(promise.migrate_to[:MAX_LISTED_NODES]), "migrateToCount": len(promise.migrate_to)}
     if live:
         status["liveRevisions"] = [{**e, "nodes": both.get(int(e["revision"]), e.get("nodes", 0))} for e in live]
 

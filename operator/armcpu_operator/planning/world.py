@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from armcpu.guarantee import STOCK, Vmm
 from armcpu_k8s import api
 from armcpu_operator.planning import hooks, plan, vms
 
@@ -58,6 +59,7 @@ class World:
     reported_ambiguous: frozenset[VmKey] = frozenset()  # VMs an AmbiguousCpuModel Event was already posted for
     reported_unhooked: frozenset[VmKey] = frozenset()  # VMs a HookSidecarSkipped Event was already posted for
     kernel_verification: str = plan.REQUIRED
+    vmm: Vmm = STOCK  # what the cluster's QEMU can do, as declared (--vmm-sysreg, --vmm-impl-cpu)
     vm_index: Mapping[VmKey, Summary] | None = None  # every VM's summary; None: computed from vms
 
     def summaries(self) -> Mapping[VmKey, Summary]:
@@ -215,7 +217,8 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
         running[revision] = running.get(revision, 0) + 1
     observed = dict(cpumodel.status) if cpumodel.status is not None else None
     obj = {"metadata": {"name": name, "generation": cpumodel.generation}, "spec": dict(cpumodel.spec), "status": observed}
-    nodes = plan.reconcile(obj, world.nodes, world.profiles, world.now, running=running, kernel_verification=world.kernel_verification)
+    nodes = plan.reconcile(obj, world.nodes, world.profiles, world.now, running=running, kernel_verification=world.kernel_verification,
+                           vmm=world.vmm)
     status = nodes.status
     writes: dict[VmKey, VmWrite] = {}
     changes: dict[VmKey, tuple[Tally, Tally]] = {}
