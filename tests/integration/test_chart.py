@@ -31,7 +31,8 @@ NS = "armcpu-chart"
 RELEASE = "armcpu-chart"
 KUBE_VERSION = ("--kube-version", "1.35.4")
 ALL_ON = ("--set", "monitoring.serviceMonitor=true", "--set", "monitoring.podMonitor=true", "--set", "monitoring.prometheusRule=true",
-          "--set", "webhook.certManager.enabled=true", "--set", "agent.featureLabels=true")
+          "--set", "webhook.certManager.enabled=true", "--set", "agent.featureLabels=true", "--set", "vmm.sysreg=true", "--set", "vmm.implCpu=true",
+          "--set", "webhook.launcherPodFailurePolicy=Fail")
 G4 = "kvm-guest/graviton4-neoverse-v2-host6.18.json"
 G3 = "kvm-guest/graviton3-neoverse-v1-host6.18.json"
 VM = """\
@@ -129,6 +130,12 @@ def test_safe_defaults_in_the_rendered_pods(control_plane: ControlPlane) -> None
     assert hook["failurePolicy"] == "Ignore" and hook["clientConfig"]["service"]["path"] == "/validate-cpumodel"
     mutate = docs[("MutatingWebhookConfiguration", f"{RELEASE}-virtualmachines")]["webhooks"][0]
     assert mutate["failurePolicy"] == "Ignore" and mutate["clientConfig"]["service"]["path"] == "/mutate-vm"
+    pods = docs[("MutatingWebhookConfiguration", f"{RELEASE}-launcher-pods")]["webhooks"][0]
+    assert pods["failurePolicy"] == "Ignore" and pods["clientConfig"]["service"]["path"] == "/mutate-launcher-pod"
+    assert pods["objectSelector"] == {"matchLabels": {"kubevirt.io": "virt-launcher"}}, "only virt-launcher pods reach the operator"
+    assert pods["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"}]
+    args = operator["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--vmm-") for a in args), "by default the QEMU is a released one: no SYSREG, no impl-cpu"
     secret = docs[("Secret", f"{RELEASE}-webhook-tls")]["data"]
     assert hook["clientConfig"]["caBundle"] == secret["ca.crt"], "the caBundle is the CA that signed the served certificate"
 
