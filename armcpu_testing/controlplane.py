@@ -42,19 +42,22 @@ CPUS = REPO / "tests" / "fixtures" / "cpus"  # a copy of ../shared/cpus: unit te
 ARMCPU_CRDS = REPO / "crds"
 
 
+TOOLS = ("kube-apiserver", "kube-scheduler", "etcd", "kubectl", "helm")
+
+
 class ControlPlaneError(RuntimeError):
     pass
 
 
 def tools_dir() -> Path:
-    """Where kube-apiserver, etcd, kubectl and helm are; builds them on a cold machine."""
+    """Where kube-apiserver, kube-scheduler, etcd, kubectl and helm are; builds them on a cold machine."""
     if os.environ.get("ARMCPU_TOOLS_DIR") and all(
-        (Path(os.environ["ARMCPU_TOOLS_DIR"]) / t).exists() for t in ("kube-apiserver", "etcd", "kubectl", "helm")
+        (Path(os.environ["ARMCPU_TOOLS_DIR"]) / t).exists() for t in TOOLS
     ):
         return Path(os.environ["ARMCPU_TOOLS_DIR"])
     if shutil.which("go") is None:
         raise ControlPlaneError(
-            "kube-apiserver/etcd/kubectl/helm are not built and Go is missing: install Go >= 1.25 "
+            "kube-apiserver/kube-scheduler/etcd/kubectl/helm are not built and Go is missing: install Go >= 1.25 "
             "and run scripts/build-tools.sh (it builds them from the Go module proxy)"
         )
     proc = subprocess.run(
@@ -214,6 +217,43 @@ class ControlPlane:
                 self._spawn(name, self.commands[name])
         self._wait_ready(self.workdir / "pki", 90.0)
         return time.monotonic() - start
+
+    def start_scheduler(self, timeout: float = 60.0) -> None:
+        """Run the real kube-scheduler (the same pinned k8s.io/kubernetes) as ``system:kube-scheduler``,
+        whose RBAC the API server bootstraps. It places pods on Nodes that say they are Ready (see
+        :mod:`armcpu_testing.launcher`); no kubelet runs them. Idempotent."""
+        if "kube-scheduler" in self.commands:
+            return
+        kubeconfig = self.kubeconfig_for("system:kube-scheduler", group=None)
+        self.commands["kube-scheduler"] = [
+            self.binary("kube-scheduler"),
+            "--kubeconfig", str(kubeconfig),
+            "--authentication-kubeconfig", str(kubeconfig),
+            "--authorization-kubeconfig", str(kubeconfig),
+            "--leader-elect=false",
+            "--bind-address", "127.0.0.1",
+            "--secure-port", str(free_port()),
+            "--v", "1",
+        ]
+        proc = self._spawn("kube-scheduler", self.commands["kube-scheduler"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ControlPlaneError(f"kube-scheduler exited {proc.returncode}: {(self.workdir / 'kube-scheduler.log').read_text()[-3000:]}")
+            if self._scheduler_serving():
+                return
+            time.sleep(0.5)
+        raise ControlPlaneError(f"kube-scheduler not started after {timeout}s: {(self.workdir / 'kube-scheduler.log').read_text()[-3000:]}")
+
+    def _scheduler_serving(self) -> bool:
+        port = self.commands["kube-scheduler"][self.commands["kube-scheduler"].index("--secure-port") + 1]
+        try:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", timeout=2, context=ctx) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")

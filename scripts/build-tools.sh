@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the real Kubernetes binaries armcpu's tests, demo and benchmarks run against:
-# kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm
+# kube-apiserver, kube-scheduler and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm
 # (helm.sh/helm/v3), each from the Go module proxy at the exact version pinned in tools/*/go.mod.
 #
 # Binaries are cached in $ARMCPU_TOOLS_DIR (default ~/.cache/armcpu/tools/<pin hash>), so a warm
@@ -55,6 +55,7 @@ kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version \
  -X k8s.io/component-base/version.gitTreeState=clean"
 build kube-apiserver "$tools_src/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kubectl "$tools_src/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+build kube-scheduler "$tools_src/kube" k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
 
 etcd_version=$(module_version "$tools_src/etcd" go.etcd.io/etcd/server/v3)
 build etcd "$tools_src/etcd" go.etcd.io/etcd/server/v3 \

@@ -1,4 +1,4 @@
-// Wrapper module that builds kube-apiserver from k8s.io/kubernetes (tests only).
+// Wrapper module that builds kube-apiserver, kube-scheduler and kubectl from k8s.io/kubernetes (tests only).
 module armcpu.io/tools/kube
 
 go 1.25.0
