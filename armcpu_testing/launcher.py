@@ -20,7 +20,7 @@ KVM_DEVICE = "devices.kubevirt.io/kvm"
 
 def ready_node(kube: Kube, name: str, labels: dict[str, str]) -> None:
     """A Node that reports Ready with room for a few VMs, as a kubelet with KubeVirt's device plugin would."""
-    body = {"apiVersion": "v1", "kind": "Node",
+    body: dict[str, Any] = {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": "arm64",
                                                    "kubevirt.io/schedulable": "true", **labels}}}
     try:
