@@ -163,3 +163,15 @@ def test_a_migration_target_pod_and_other_pods_are_left_alone() -> None:
     assert admission.boot_pod_requirements(other) == {}
     assert admission.boot_pod_requirements(launcher_pod({})) == {}
     assert admission.boot_pod_requirements({"metadata": {}, "spec": None}) == {}
+
+
+def test_an_unsafe_guarantee_is_announced_once_and_says_why_vms_do_not_start() -> None:
+    members = [g3("g3"), g4("g4")]
+    nodes, profiles = world(members)
+    spec = {**SPEC, "enforcement": "HookSidecar"}
+    first = reconcile(cpumodel(spec), nodes, profiles, NOW)
+    warned = [e for e in first.events if e.reason == "MigrationUnsafe"]
+    assert len(warned) == 1 and warned[0].type == "Warning"
+    assert "SYSREG" in warned[0].message and "stay Pending" in warned[0].message
+    again = reconcile(cpumodel(spec, first.status), applied(nodes, first), profiles, LATER)
+    assert not [e for e in again.events if e.reason == "MigrationUnsafe"], "said once, not every reconcile"

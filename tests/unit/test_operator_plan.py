@@ -99,7 +99,7 @@ def test_follow_recomputes_and_counts_revisions() -> None:
     assert second.status["revision"] == 2 and set(second.compatible) == {"g3", "g4"}
     assert second.label_changes == {"g4": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2"},
                                     "g3": {"cpumodel.armcpu.io/m": "2", "start.cpumodel.armcpu.io/m": "2"}}
-    assert [e.reason for e in second.events] == ["ModelRevised"]
+    assert [e.reason for e in second.events] == ["ModelRevised", "MigrationUnsafe"]  # Graviton3 joined Graviton4
 
 
 def test_spec_change_makes_a_new_revision_of_a_pinned_model() -> None:

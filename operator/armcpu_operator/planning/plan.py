@@ -409,6 +409,11 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
     if promise is not None:
         conditions.append(cond("MigrationSafe", "True" if promise.safe else "False", promise.reason, promise.message))
+        was = next((c for c in old_conditions if c.get("type") == "MigrationSafe"), {})
+        if not promise.safe and (was.get("status") != "False" or was.get("reason") != promise.reason):
+            pending_pods = (f"; no node is labelled {keys.start_key(name)}, so the VMs' virt-launcher pods stay Pending "
+                            "(Unschedulable) rather than QEMU failing at every start" if not promise.start_on else "")
+            events.append(Event("Warning", "MigrationUnsafe", f"{promise.message}{pending_pods}"))
         told = identity.check(model, [by_name[n] for n in compatible]) if model is not None and compatible else None
         if told is not None:
             conditions.append(cond("IdentityMatchesModel", "True" if told.truthful else "False",
