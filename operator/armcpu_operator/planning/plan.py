@@ -409,7 +409,7 @@ def reconcile(cpumodel: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]
     conditions.append(cond("Invalid", "False", "SpecValid", "the spec is valid"))
     if promise is not None:
         conditions.append(cond("MigrationSafe", "True" if promise.safe else "False", promise.reason, promise.message))
-        was = next((c for c in old_conditions if c.get("type") == "MigrationSafe"), {})
+        was: Mapping[str, Any] = next((c for c in old_conditions if c.get("type") == "MigrationSafe"), {})
         if not promise.safe and (was.get("status") != "False" or was.get("reason") != promise.reason):
             pending_pods = (f"; no node is labelled {keys.start_key(name)}, so the VMs' virt-launcher pods stay Pending "
                             "(Unschedulable) rather than QEMU failing at every start" if not promise.start_on else "")
