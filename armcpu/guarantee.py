@@ -69,6 +69,17 @@ def off_groups(model: Model) -> tuple[str, ...]:
     return tuple(g for g in kvm.VCPU_FEATURE_FIELDS if kvm.vcpu_group_is_off(model.value, g))
 
 
+def passthrough_off(model: Model) -> tuple[str, ...]:
+    """The groups a ``host-passthrough`` guest gets switched off: only those libvirt, and so KubeVirt,
+    can say (``sve``, ``pauth``); a model with the PMU off needs a VMM that sets ``pmu=off``."""
+    return tuple(g for g in off_groups(model) if g in kvm.LIBVIRT_GROUPS)
+
+
+def has_pmu(node: Profile) -> bool:
+    """Whether KubeVirt's vCPU on ``node`` has a PMU: it asks for one wherever the host has one."""
+    return not kvm.vcpu_group_is_off(node.value, "pmu")
+
+
 def passthrough_view(node: Profile, groups: Collection[str]) -> dict[str, int]:
     """What a ``host-passthrough`` guest gets on ``node`` with the vCPU feature ``groups`` switched
     off (libvirt's ``<feature policy='disable'>``: KVM then reports 0 in their fields)."""
@@ -83,7 +94,7 @@ def passthrough_view(node: Profile, groups: Collection[str]) -> dict[str, int]:
 def presents_model(node: Profile, model: Model) -> bool:
     """Whether a ``host-passthrough`` guest booted on ``node`` sees exactly the model (Scheduling's
     only way to give a guest the model)."""
-    view = passthrough_view(node, off_groups(model))
+    view = passthrough_view(node, passthrough_off(model))
     return all(view.get(name, 0) == value for name, value in model.registers.items())
 
 
@@ -118,7 +129,7 @@ def split_by_view(nodes: Sequence[Profile], model: Model) -> list[list[str]]:
     """Groups of nodes whose passthrough views and kernel series are equal: each group alone is a
     pool Scheduling makes safe (its model is its members' own view)."""
     groups: dict[tuple[object, ...], list[str]] = {}
-    off = off_groups(model)
+    off = passthrough_off(model)
     seen: dict[int, tuple[object, ...]] = {}  # equal profiles often share one register mapping (the operator's parser)
     for node in nodes:
         key = seen.get(id(node.registers))
@@ -208,19 +219,25 @@ def _closure(pool: Sequence[Profile], kind_of: Mapping[str, tuple[object, ...]],
     start_kinds = list(dict.fromkeys(kind_of[n.name] for n in start))
     memo: dict[tuple[tuple[object, ...], tuple[object, ...]], bool] = {}
 
+    pmu_by_vmm = mode == HOOK_SIDECAR  # QEMU's pmu=off; under Scheduling the vCPU has a PMU wherever the host has one
+
     def moves(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
         if a == b:
             return True
         if (a, b) not in memo:
-            memo[(a, b)] = migration.can_move(first[a], destination_for(first[b], mode, vmm), model).ok
+            # A vCPU with a PMU lists PMU registers one without lacks: a move between them fails like one
+            # between kernel series (inferred from the register lists; not measured)
+            same_pmu = pmu_by_vmm or has_pmu(first[a]) == has_pmu(first[b])
+            memo[(a, b)] = same_pmu and migration.can_move(first[a], destination_for(first[b], mode, vmm), model).ok
         return memo[(a, b)]
 
     stuck = [(a, b) for a in start_kinds for b in start_kinds if not moves(a, b)]
     start_names = tuple(sorted(n.name for k in start_kinds for n in kinds[k]))
     if stuck:
         a, b = stuck[0]
-        refusal = migration.can_move(first[a], destination_for(first[b], mode, vmm), model).refusals[0]
-        why = refusal.rule if refusal.register == "*" else refusal.message()
+        refusals = migration.can_move(first[a], destination_for(first[b], mode, vmm), model).refusals
+        why = ("one vCPU has a PMU and the other not, so their register lists differ" if not refusals
+               else refusals[0].rule if refusals[0].register == "*" else refusals[0].message())
         return Guarantee(mode, False, "StartNodesCannotMove",
                          f"VMs can start on nodes that cannot take each other's guests ({first[a].name} -> {first[b].name}: "
                          f"{why}): {_split_text(pool, model)}", start_names, ())

@@ -170,7 +170,7 @@ class Demo:
         self.plane.start_scheduler()
         selector = self.get("vm", "api", "-n", "default")["spec"]["template"]["spec"].get("nodeSelector") or {}
         boot = launcher.placed(self.kube, launcher.launcher_pod("api", "demo-api-vmi", selector))
-        booted = self.get("pod", "virt-launcher-api-boot-demo-api", "-n", "default")
+        booted = self.get("pod", "virt-launcher-api-boot-demo-api-vmi", "-n", "default")
         added = (booted["metadata"].get("annotations") or {}).get("armcpu.io/placement", "nothing")
         print(f"  boot pod: the webhook added {added}; the scheduler bound it to {boot}")
         target = launcher.placed(self.kube, launcher.launcher_pod("api", "demo-api-vmi", selector, migration_uid="demo-migration-1"))

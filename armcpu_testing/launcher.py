@@ -58,7 +58,7 @@ def launcher_pod(vmi: str, vmi_uid: str, node_selector: dict[str, str], *, migra
             {"labelSelector": {"matchLabels": {"kubevirt.io/created-by": vmi_uid}}, "topologyKey": "kubernetes.io/hostname"}]}}
     kind = "target" if migration_uid is not None else "boot"
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"virt-launcher-{vmi}-{kind}-{(migration_uid or vmi_uid)[:8]}", "namespace": namespace,
+            "metadata": {"name": f"virt-launcher-{vmi}-{kind}-{migration_uid or vmi_uid}", "namespace": namespace,
                          "labels": labels, "annotations": {"kubevirt.io/domain": vmi}},
             "spec": spec}
 

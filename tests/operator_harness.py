@@ -100,13 +100,15 @@ def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool 
                 proc.wait()
 
 
-def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True, overrides: dict[str, int] | None = None) -> Profile:
-    """The profile the agent publishes for a host with ``cpu_file``'s registers (``overrides`` replaced)."""
+def make_profile(node: str, cpu_file: str, aarch32_el0: bool = True, overrides: dict[str, int] | None = None,
+                 kernel: str = "6.18.30") -> Profile:
+    """The profile the agent publishes for a host with ``cpu_file``'s registers (``overrides`` replaced)
+    running Linux ``kernel``."""
     cpu = json.loads((CPUS / cpu_file).read_text())
     for register, value in (overrides or {}).items():
         cpu["registers"][register] = f"0x{value:016x}"
     root = Path(tempfile.mkdtemp(prefix="host-"))
-    fx.write_host_tree(root, cpu, ncpus=2)
+    fx.write_host_tree(root, cpu, ncpus=2, kernel=kernel)
     replay = kvm_replay.Replay(fx.conversation(fx.registers_of(cpu), kvm.assumed_writable_masks(aarch32_el0)))
     return collect(node, Sources(root=root, kvm=replay))
 

@@ -244,8 +244,9 @@ def test_kubectl_explain_and_get_show_the_api(control_plane: ControlPlane, admin
     cpumodel(admin, "get", {"nodeSelector": {"matchLabels": {"pool": "get"}}})
     converged(admin, "get", compatible=1, selected=1, revision=1)
     table = control_plane.kubectl("get", "cpum", "get").stdout.split("\n")
-    assert table[0].split() == ["NAME", "COMPATIBLE", "SELECTED", "REVISION", "READY", "AGE"]
-    assert table[1].split()[:5] == ["get", "1", "1", "1", "True"]
+    assert table[0].split() == ["NAME", "COMPATIBLE", "SELECTED", "REVISION", "READY", "MIGRATIONSAFE", "AGE"]
+    wait_for(lambda: control_plane.kubectl("get", "cpum", "get").stdout.split("\n")[1].split()[:6] == ["get", "1", "1", "1", "True", "True"],
+             20, "one node: Ready and MigrationSafe")
     wide = control_plane.kubectl("get", "cpumodels", "get", "-o", "wide").stdout.split("\n")[0].split()
     assert wide[-3:] == ["POLICY", "FINGERPRINT", "AGE"]
     denied = control_plane.kubectl("apply", "-f", "-", check=False, input=(

@@ -249,3 +249,19 @@ def test_a_model_that_hides_what_its_midr_core_has_is_flagged_and_an_honest_iden
     assert "spec.identityFrom: altra" in identity.message(found)
     honest = identity.check(model.combine(mixed, identity_from="altra").model, mixed)
     assert honest.truthful and honest.core.startswith("Arm Neoverse-N1")
+
+
+def test_scheduling_cannot_switch_the_pmu_off() -> None:
+    """A model with the PMU off (one member has none) runs on a PMU node only where the VMM sets
+    pmu=off; KubeVirt's host-passthrough cannot, so under Scheduling the PMU node does not present
+    it, while libvirt's pauth/sve disables do count."""
+    without = g4("nopmu")  # Firecracker's Graviton4 guest view: its vCPU had no PMU (PMUVer 0)
+    assert catalog.field("ID_AA64DFR0_EL1", "PMUVer").extract(without.value("ID_AA64DFR0_EL1")) == 0
+    regs = dict(without.registers)
+    regs["ID_AA64DFR0_EL1"] = catalog.field("ID_AA64DFR0_EL1", "PMUVer").insert(regs["ID_AA64DFR0_EL1"], 6)  # PMUv3p7, as Neoverse-V2 has
+    with_pmu = replace(without, name="pmu", registers=regs)
+    planned = pool.plan_pool([with_pmu, without])
+    assert kvm.vcpu_group_is_off(planned.model.value, "pmu")
+    assert guarantee.presents_model(without, planned.model) and not guarantee.presents_model(with_pmu, planned.model)
+    got = plan([with_pmu, without], SCHEDULING)
+    assert got.start_on == ("nopmu",) and "pmu" not in got.migrate_to
