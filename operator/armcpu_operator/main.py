@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retry-period", type=float, default=2.0, help="seconds between renewals and between attempts to acquire")
     p.add_argument("--no-leader-election", action="store_true", help="run without the Lease (only ever with one replica)")
     p.add_argument("--listen", default="0.0.0.0:8080", help="address:port for /metrics, /healthz, /readyz ('' disables)")
-    p.add_argument("--webhook-port", type=int, default=0, help="serve the CpuModel validating and VM mutating webhooks on this port (0: none)")
+    p.add_argument("--webhook-port", type=int, default=0,
+                   help="serve the CpuModel validating, VM mutating and launcher pod mutating webhooks on this port (0: none)")
     p.add_argument("--webhook-host", default="127.0.0.1", help="host name the API server uses to reach the webhook")
     p.add_argument("--webhook-cert", type=Path, help="TLS certificate (PEM) of the webhook server")
     p.add_argument("--webhook-key", type=Path, help="TLS key (PEM) of the webhook server")
