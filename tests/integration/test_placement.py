@@ -24,8 +24,9 @@ from armcpu import catalog
 from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_testing import launcher
 from armcpu_testing.controlplane import ControlPlane
+from armcpu_testing.waiting import wait_for
 from node_agent.publish import publish
-from tests.operator_harness import OperatorProcess, make_profile, running_operator, wait_for
+from tests.operator_harness import OperatorProcess, make_profile, running_operator
 
 CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
 NS = "placement"
@@ -81,11 +82,12 @@ def cli_guarantee(admin: Kube, nodes: list[str], mode: str, tmp: Path, *flags: s
     return said
 
 
-def agrees(admin: Kube, model: str, nodes: list[str], tmp: Path, mode: str = "Scheduling") -> dict[str, Any]:
-    """status.guarantee, the MigrationSafe condition and the CLI say the same; returns the status's."""
+def agrees(admin: Kube, model: str, nodes: list[str], tmp: Path, mode: str = "Scheduling", *vmm_flags: str) -> dict[str, Any]:
+    """status.guarantee, the MigrationSafe condition and the CLI (told the same QEMU) say the same;
+    returns the status's."""
     said = guarantee_of(admin, model)
     safe = condition(admin, model, "MigrationSafe")
-    cli = cli_guarantee(admin, nodes, mode, tmp)
+    cli = cli_guarantee(admin, nodes, mode, tmp, *vmm_flags)
     assert (safe["status"] == "True") == said["safe"] == cli["safe"]
     assert safe["reason"] == said["reason"] == cli["reason"]
     assert said["startOn"] == cli["startOn"] and said["migrateTo"] == cli["migrateTo"]
