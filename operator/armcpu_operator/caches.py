@@ -80,6 +80,7 @@ class Caches:
     written_vms: dict[Key, vms.Stored] = field(default_factory=dict)
     ambiguous_reported: set[Key] = field(default_factory=set)
     unhooked_reported: set[Key] = field(default_factory=set)
+    unstartable_reported: set[Key] = field(default_factory=set)
     hook_configmaps: dict[str, str] | None = None  # namespace -> script held; None: not listed yet
     hook_configmaps_listed: float = 0.0  # monotonic time of the last list
     nodes_listed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,6 +111,7 @@ class Caches:
             hook_script=hook_script,
             reported_ambiguous=frozenset(self.ambiguous_reported),
             reported_unhooked=frozenset(self.unhooked_reported),
+            reported_unstartable=frozenset(self.unstartable_reported),
             kernel_verification=kernel_verification,
             vmm=vmm,
         )

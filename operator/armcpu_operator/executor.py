@@ -169,6 +169,8 @@ def post_events(body: kopf.Body, planned: ModelPlan, caches: Caches) -> None:
     caches.ambiguous_reported -= planned.clear_ambiguous
     caches.unhooked_reported |= planned.report_unhooked
     caches.unhooked_reported -= planned.clear_unhooked
+    caches.unstartable_reported |= planned.report_unstartable
+    caches.unstartable_reported -= planned.clear_unstartable
 
 
 def record_metrics(planned: ModelPlan) -> None:

@@ -223,6 +223,13 @@ def test_hook_sidecar_without_a_sysreg_qemu_boots_nowhere(admin: Kube, operator:
     assert agrees(admin, "pl-hook", ["pl-hook-g3", "pl-hook-g4"], tmp_path, mode="HookSidecar")["startOn"] == []
     assert boots_on(admin, "pl-hook-vm", ["pl-hook-g3", "pl-hook-g4"]) == set(), "a QEMU without SYSREG would refuse it: it is not started"
 
+    def told() -> list[str]:
+        events = admin.get(f"/api/v1/namespaces/{NS}/events?fieldSelector=involvedObject.name=pl-hook-vm")["items"]
+        return [e["message"] for e in events if e.get("reason") == "ModelNotStartable"]
+
+    wait_for(lambda: bool(told()), 20, "a ModelNotStartable Event on the VM")
+    assert "SYSREG" in told()[0] and "Pending" in told()[0]
+
 
 def test_after_a_revision_an_older_guest_migrates_only_where_its_registers_are_taken(admin: Kube, operator: OperatorProcess,
                                                                                      tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from armcpu.guarantee import STOCK, Vmm
 from armcpu.profile import to_dict
 from armcpu_k8s import api, labels, selectors
 from armcpu_operator.planning import admission, hooks, plan, vms
@@ -30,14 +31,18 @@ def vm(ns: str, name: str, app: str = "web") -> dict[str, Any]:
                        "spec": {"template": {"spec": {"domain": {"cpu": {"model": "host-passthrough"}}}}}})
 
 
+CAPABLE = Vmm(sysreg=True, impl_cpu=True)  # these worlds test the hook's mechanics, so their QEMU could run it
+
+
 def make_world(vm_objects: dict[tuple[str, str], dict[str, Any]], *, vmis: dict[tuple[str, str], VmiDefinition] | None = None,
-               held: dict[str, str] | None = None, claims: dict[str, Any] | None = None) -> World:
+               held: dict[str, str] | None = None, claims: dict[str, Any] | None = None, vmm: Vmm = CAPABLE) -> World:
     profiles = {name: plan.parse_profile(name, {**to_dict(replace(host_618_profile(cpu), name=name))})
                 for name, cpu in (("a-g3", G3), ("b-g4", G4))}
     return World(now=NOW, nodes=MappingProxyType({"a-g3": {"pool": "p"}, "b-g4": {"pool": "p"}}), profiles=MappingProxyType(profiles),
                  vms=MappingProxyType(vm_objects), vmis=MappingProxyType(vmis or {}),
                  claims=MappingProxyType(claims if claims is not None else {"m": [SPEC["vmSelector"]]}),
-                 hook_configmaps=MappingProxyType(held if held is not None else {}), hook_script=SCRIPT, kernel_verification=plan.ADVISORY)
+                 hook_configmaps=MappingProxyType(held if held is not None else {}), hook_script=SCRIPT, kernel_verification=plan.ADVISORY,
+                 vmm=vmm)
 
 
 def landed(world: World, planned: ModelPlan, only: set[tuple[str, str]] | None = None) -> World:
@@ -196,3 +201,17 @@ def test_a_vm_whose_hook_sidecars_annotation_cannot_take_the_hook_is_reported_on
     assert plan_model(fixed, fresh()).clear_unhooked == {("web", "v1")}
     scheduling = plan_model(world, fresh({**SPEC, "enforcement": "Scheduling"}))
     assert not scheduling.vm_events, "no hook wanted, nothing to report"
+
+
+def test_a_vm_whose_model_a_released_qemu_cannot_start_is_told_once() -> None:
+    """HookSidecar on a pool that needs SYSREG properties, with the QEMU every release has: the VM gets
+    a Warning Event saying why its pod will stay Pending, once, and it is cleared once the QEMU can."""
+    world = make_world({("web", "v1"): vm("web", "v1")}, vmm=STOCK)
+    planned = plan_model(world, fresh())
+    told = [e.event for e in planned.vm_events]
+    assert [e.reason for e in told] == ["ModelNotStartable"] and "SYSREG" in told[0].message and "Pending" in told[0].message
+    assert planned.report_unstartable == {("web", "v1")}
+    reported = replace(world, reported_unstartable=frozenset(planned.report_unstartable))
+    assert not plan_model(reported, fresh()).vm_events, "told once"
+    capable = plan_model(replace(reported, vmm=CAPABLE), fresh())
+    assert not capable.vm_events and capable.clear_unstartable == {("web", "v1")}

@@ -58,6 +58,7 @@ class World:
     hook_script: str = ""
     reported_ambiguous: frozenset[VmKey] = frozenset()  # VMs an AmbiguousCpuModel Event was already posted for
     reported_unhooked: frozenset[VmKey] = frozenset()  # VMs a HookSidecarSkipped Event was already posted for
+    reported_unstartable: frozenset[VmKey] = frozenset()  # VMs a ModelNotStartable Event was already posted for
     kernel_verification: str = plan.REQUIRED
     vmm: Vmm = STOCK  # what the cluster's QEMU can do, as declared (--vmm-sysreg, --vmm-impl-cpu)
     vm_index: Mapping[VmKey, Summary] | None = None  # every VM's summary; None: computed from vms
@@ -128,6 +129,8 @@ class ModelPlan:
     clear_ambiguous: frozenset[VmKey] = frozenset()  # no longer ambiguous
     report_unhooked: frozenset[VmKey] = frozenset()
     clear_unhooked: frozenset[VmKey] = frozenset()
+    report_unstartable: frozenset[VmKey] = frozenset()
+    clear_unstartable: frozenset[VmKey] = frozenset()
     hook_changes: hooks.Changes | None = None  # None: the held ConfigMaps are not known
     selected: tuple[str, ...] = ()
     compatible: tuple[str, ...] = ()
@@ -173,6 +176,7 @@ class ModelPlan:
         return ModelPlan(name=self.name, status=status, label_changes=self.label_changes, vm_writes=writes, events=self.events,
                          vm_events=self.vm_events, report_ambiguous=self.report_ambiguous, clear_ambiguous=self.clear_ambiguous,
                          report_unhooked=self.report_unhooked, clear_unhooked=self.clear_unhooked,
+                         report_unstartable=self.report_unstartable, clear_unstartable=self.clear_unstartable,
                          hook_changes=hook_changes, selected=self.selected, compatible=self.compatible, incompatible=self.incompatible)
 
 
@@ -228,6 +232,8 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
     clear: set[VmKey] = set()
     report_unhooked: set[VmKey] = set()
     clear_unhooked: set[VmKey] = set()
+    report_unstartable: set[VmKey] = set()
+    clear_unstartable: set[VmKey] = set()
     pending: list[VmKey] = []
     counts_vms = False
     restart = Restart(tuple((observed or {}).get("conditions") or ()), cpumodel.generation, world.now)
@@ -273,12 +279,24 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
                 "list, so armcpu cannot add its domain hook: the VM is pinned to compatible nodes and starts host-passthrough, "
                 "without the model's registers. Fix or remove the annotation.")))
         clear_unhooked = set(world.reported_unhooked) & (result.selected - result.unhooked)
+        promise = status.get("guarantee") or {}
+        unstartable = set(result.selected) if promise.get("reason") == "VmmLacksSysreg" else set()
+        for key in sorted(unstartable - world.reported_unstartable):
+            report_unstartable.add(key)
+            vm_events.append(VmEvent(world.vms[key], plan.Event(
+                "Warning", "ModelNotStartable",
+                f"CpuModel {name} has enforcement HookSidecar and sets ID-register fields, which needs a QEMU with SYSREG_* "
+                "properties; the operator was not told the cluster's QEMU has them (--vmm-sysreg), and no released QEMU does "
+                "(QEMU 10.0: Property '...SYSREG_...' not found). No node may boot this VM, so its virt-launcher pod stays "
+                "Pending instead of QEMU failing at every start. Use enforcement Scheduling, or a QEMU with the properties.")))
+        clear_unstartable = set(world.reported_unstartable) & (set(result.selected) - unstartable)
     hook_base, hook_changes = _hook_plan(world, changes)
     return ModelPlan(
         name=name, status=api.CpuModelStatus.model_validate(status), label_changes=nodes.label_changes, vm_writes=writes,
         deferred=frozenset(deferred), _changes=changes,
         events=tuple(nodes.events), vm_events=tuple(vm_events), report_ambiguous=frozenset(report), clear_ambiguous=frozenset(clear),
         report_unhooked=frozenset(report_unhooked), clear_unhooked=frozenset(clear_unhooked),
+        report_unstartable=frozenset(report_unstartable), clear_unstartable=frozenset(clear_unstartable),
         hook_changes=hook_changes, selected=nodes.selected, compatible=nodes.compatible, incompatible=nodes.incompatible,
         _counts_vms=counts_vms, _pending=tuple(pending), _restart=restart, _hook_base=hook_base,
         _hooks_held=dict(world.hook_configmaps) if world.hook_configmaps is not None else None, _hook_script=world.hook_script,
