@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from armcpu_testing.controlplane import TOOLS
 from tests.helpers import REPO
 
 
@@ -23,7 +24,7 @@ def test_two_concurrent_builds_share_the_work_and_both_succeed(tmp_path: Path) -
     assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
     assert all(out.strip().splitlines()[-1] == str(tmp_path / "tools") for out, _ in outputs)
     built = "".join(err for _, err in outputs)
-    for tool in ("kube-apiserver", "kubectl", "etcd", "helm"):
+    for tool in TOOLS:
         assert built.count(f"building {tool} ") == 1, f"{tool} built {built.count(f'building {tool} ')} times"
-    assert sorted(p.name for p in (tmp_path / "tools").iterdir() if not p.name.startswith(".")) == ["etcd", "helm", "kube-apiserver", "kubectl"]
+    assert sorted(p.name for p in (tmp_path / "tools").iterdir() if not p.name.startswith(".")) == sorted(TOOLS)
     assert subprocess.run([str(tmp_path / "tools" / "kubectl"), "version", "--client"], capture_output=True).returncode == 0
