@@ -22,7 +22,7 @@ the CLI can say it before anything is applied.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from armcpu import catalog, kvm, migration
 from armcpu.model import Model, can_run, view_key
@@ -264,12 +264,6 @@ def _closure(pool: Sequence[Profile], kind_of: Mapping[str, tuple[object, ...]],
     if left_out:
         message += f"; {len(left_out)} usable node(s) take no VM of this model, since a move between them and the others fails: {_named(left_out)}"
     return Guarantee(mode, True, reason, message, start_names, migrate_names)
-
-
-def accepts_older(node: Profile, older: Model, mode: str, vmm: Vmm) -> bool:
-    """Whether ``node`` can receive a running guest of an older revision ``older`` (whose VMs keep
-    the CPU they booted with): its KVM must take those registers as the cluster's QEMU writes them."""
-    return can_run(replace(destination_for(node, mode, vmm), guest_view=None), older).ok
 
 
 def all_modes(members: Sequence[Profile], model: Model, vmm: Vmm, *, rendered_cpu: Sequence[str] = (),

@@ -153,30 +153,27 @@ async def mutate_vm(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     reconciler does the same afterwards (the backstop for VMs created while the webhook was down)."""
     goal = admission.dress_at_admission(dict(body), _single(kwargs["model_vm_selectors"]), _single(kwargs["model_definitions"]),
                                         CACHES.vmi_definitions)
-    if goal is None:
-        return
-
-    def dress(raw: kopf.RawBody) -> None:
-        mutable = cast(dict[str, Any], raw)
-        mutable.clear()
-        mutable.update(goal)
-
-    patch.fns.append(dress)
+    if goal is not None:
+        _admit_as(patch, goal)
 
 
 async def mutate_launcher_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Boot pods of armcpu-dressed VMs start only where the guarantee lets a VM boot (the nodes whose
     own view is the model, under Scheduling); migration target pods are left as KubeVirt made them."""
     goal = admission.constrain_boot_pod(dict(body))
-    if goal is None:
-        return
+    if goal is not None:
+        _admit_as(patch, goal)
 
-    def constrain(raw: kopf.RawBody) -> None:
+
+def _admit_as(patch: kopf.Patch, goal: dict[str, Any]) -> None:
+    """Make kopf answer the admission request with the JSON patch that turns the object into ``goal``."""
+
+    def replace(raw: kopf.RawBody) -> None:
         mutable = cast(dict[str, Any], raw)
         mutable.clear()
         mutable.update(goal)
 
-    patch.fns.append(constrain)
+    patch.fns.append(replace)
 
 
 def register_webhook() -> None:

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,31 @@ G4 = "kvm-guest/graviton4-neoverse-v2-host6.18.json"
 _uids = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def admin(control_plane: ControlPlane) -> Kube:
+def scheduling_admin(control_plane: ControlPlane) -> Kube:
+    """An admin client on a control plane that runs kube-scheduler, with the tests' namespace."""
     control_plane.kubectl("create", "namespace", NS, check=False)
     control_plane.start_scheduler()
     return Kube(load_kubeconfig(control_plane.kubeconfig))
 
 
-@pytest.fixture(scope="module")
-def operator(control_plane: ControlPlane, admin: Kube) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane, identity="op-placement", webhook=True) as op:
+@contextmanager
+def placing_operator(control_plane: ControlPlane, admin: Kube, identity: str, extra: tuple[str, ...] = ()) -> Iterator[OperatorProcess]:
+    """The operator with its webhooks, once the launcher pod webhook is registered."""
+    with running_operator(control_plane, identity=identity, webhook=True, extra=extra) as op:
         wait_for(lambda: any(w["name"].startswith("mutate-launcher-pod") for w in
                              (admin.get_or_none("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/armcpu.io")
                               or {}).get("webhooks") or []), 30, "the launcher pod webhook registered")
+        yield op
+
+
+@pytest.fixture(scope="module")
+def admin(control_plane: ControlPlane) -> Kube:
+    return scheduling_admin(control_plane)
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, admin: Kube) -> Iterator[OperatorProcess]:
+    with placing_operator(control_plane, admin, "op-placement") as op:
         yield op
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from armcpu_k8s.kube import Kube, load_kubeconfig
+from armcpu_k8s.kube import Kube
 from armcpu_testing.controlplane import ControlPlane
 from armcpu_testing.waiting import wait_for
 from tests.integration.test_placement import (
     G3,
     G4,
-    NS,
     agrees,
     boots_on,
     cli_guarantee,
@@ -24,25 +23,22 @@ from tests.integration.test_placement import (
     cpumodel,
     migrates_to,
     node,
+    placing_operator,
+    scheduling_admin,
     vm,
     vmi_selector,
 )
-from tests.operator_harness import OperatorProcess, running_operator
+from tests.operator_harness import OperatorProcess
 
 
 @pytest.fixture(scope="module")
 def admin(control_plane: ControlPlane) -> Kube:
-    control_plane.kubectl("create", "namespace", NS, check=False)
-    control_plane.start_scheduler()
-    return Kube(load_kubeconfig(control_plane.kubeconfig))
+    return scheduling_admin(control_plane)
 
 
 @pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane, admin: Kube) -> Iterator[OperatorProcess]:
-    with running_operator(control_plane, identity="op-capable", webhook=True, extra=("--vmm-sysreg", "--vmm-impl-cpu")) as op:
-        wait_for(lambda: any(w["name"].startswith("mutate-launcher-pod") for w in
-                             (admin.get_or_none("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/armcpu.io")
-                              or {}).get("webhooks") or []), 30, "the launcher pod webhook registered")
+    with placing_operator(control_plane, admin, "op-capable", ("--vmm-sysreg", "--vmm-impl-cpu")) as op:
         yield op
 
 
