@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from armcpu_testing.signals import Stopped, stopping_on_signals, wait_until_stopped
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ARMCPU_SHARED", REPO.parent / "shared"))
 KUBEVIRT_CRDS = SHARED / "kubevirt"
@@ -463,15 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="start, show the served CRDs, stop")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    with running() as plane:
-        print(f"control plane up in {time.monotonic() - start:.1f}s at {plane.url}")
-        print(f"export KUBECONFIG={plane.kubeconfig}")
-        print(plane.kubectl("get", "crds").stdout)
-        if args.check:
-            return 0
-        print("Ctrl-C stops it and removes everything it started.")
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    try:
+        with stopping_on_signals(), running() as plane:
+            print(f"control plane up in {time.monotonic() - start:.1f}s at {plane.url}")
+            print(f"export KUBECONFIG={plane.kubeconfig}")
+            print(plane.kubectl("get", "crds").stdout)
+            if args.check:
+                return 0
+            print("Ctrl-C or SIGTERM stops it and removes everything it started.", flush=True)
+            wait_until_stopped()
+    except Stopped as stopped:
+        return 128 + stopped.signum
     return 0
 
 

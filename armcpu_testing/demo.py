@@ -32,6 +32,7 @@ from armcpu_k8s.kube import Kube, load_kubeconfig
 from armcpu_testing import launcher
 from armcpu_testing.controlplane import CPUS, REPO, ControlPlane, free_port, running
 from armcpu_testing.fixtures import simulated_host
+from armcpu_testing.signals import Stopped, stopping_on_signals, wait_until_stopped
 from armcpu_testing.waiting import WaitTimeout, wait_for
 
 NODES = [  # name, recorded CPU, labels, kernel
@@ -207,16 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster running (until Ctrl-C) and print its kubeconfig")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    with demo(args.keep) as show:
-        try:
-            show.run()
-        except WaitTimeout as exc:
-            raise SystemExit(f"armcpu-demo: {exc}") from None
-        say(f"Done in {time.monotonic() - start:.0f}s")
-        if args.keep:
-            print(f"export KUBECONFIG={show.plane.kubeconfig}\nThe cluster, agents and operator run until Ctrl-C.", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    try:
+        with stopping_on_signals(), demo(args.keep) as show:
+            try:
+                show.run()
+            except WaitTimeout as exc:
+                raise SystemExit(f"armcpu-demo: {exc}") from None
+            say(f"Done in {time.monotonic() - start:.0f}s")
+            if args.keep:
+                print(f"export KUBECONFIG={show.plane.kubeconfig}\nThe cluster, agents and operator run until Ctrl-C or SIGTERM.",
+                      flush=True)
+                wait_until_stopped()
+    except Stopped as stopped:  # SIGTERM before the demo was done: everything it started is stopped all the same
+        print(f"Stopped ({stopped}) before the end; nothing left running.")
+        return 128 + stopped.signum
     print("Stopped; nothing left running.")
     return 0
 

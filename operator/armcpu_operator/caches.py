@@ -185,11 +185,17 @@ class Caches:
 
     def models_changed(self, name: str, generation: int | None, deleted: bool,
                        vm_selectors: Mapping[str, vms.Claim], model_selectors: Mapping[str, dict[str, Any]]) -> None:
-        """A CpuModel event: keep every model's selectors (kopf's indexes), wake this one when its spec changed."""
+        """A CpuModel event: keep every model's selectors (kopf's indexes), wake this one when its spec
+        changed, and every model when a vmSelector changed (whether a VM is ambiguous depends on all
+        of them: the model that dressed it must see that another one selects it now, or no longer)."""
+        claims_before = self.vm_selectors
         self.vm_selectors = dict(vm_selectors)
         self.model_selectors = dict(model_selectors)
         if self.model_event(name, generation, deleted):
             self.trigger(name)
+        if claims_before != self.vm_selectors:
+            for model in sorted(self.vm_selectors.keys() - {name}):
+                self.trigger(model)
 
     # --- which models an event can affect
 

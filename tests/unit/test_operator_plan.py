@@ -414,3 +414,46 @@ def test_unknown_registers_list_the_known_ones_once() -> None:
     assert len(request.errors) == 64
     assert sum("ID_AA64ISAR0_EL1" in e for e in request.errors) == 1
     assert len("; ".join(request.errors)) < 6000, "64 unknown registers make one readable message, not 49 KB"
+
+
+@pytest.mark.parametrize(("selector", "wrong"), [
+    ({"matchLabels": {"pool ": "a"}}, "nodeSelector.matchLabels['pool ']: label key"),
+    ({"matchLabels": {"Example.com/pool": "a"}}, "the prefix before '/' must be a DNS subdomain"),
+    ({"matchLabels": {"pool": "a b"}}, "label value 'a b'"),
+    ({"matchLabels": {"pool": "x" * 64}}, "at most 63 characters"),
+    ({"matchLabels": {"pool": "a\n"}}, "label value 'a\\n'"),
+    ({"matchExpressions": [{"key": "-pool", "operator": "Exists"}]}, "nodeSelector.matchExpressions[0]: label key '-pool'"),
+    ({"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ok", "not/ok"]}]}, "label value 'not/ok'"),
+])
+def test_a_selector_on_a_key_or_value_no_label_can_have_is_refused_with_its_path(selector: dict[str, Any], wrong: str) -> None:
+    """A typo such as a trailing space selected nothing, silently (issue 19); the API server refuses such
+    labels on every object, so armcpu refuses them in the selector."""
+    errors = selectors.check(selector)
+    assert len(errors) == 1 and wrong in errors[0], errors
+    request = spec.parse({"nodeSelector": {"matchLabels": {"pool": "a"}}, "vmSelector": selector})
+    assert any(e.startswith("spec.vmSelector.") and wrong.split(": ", 1)[-1] in e for e in request.errors), request.errors
+
+
+@pytest.mark.parametrize("selector", [
+    {"matchLabels": {"kubernetes.io/arch": "arm64", "pool": "", "a_b.c-d": "X-1_y.z"}},
+    {"matchExpressions": [{"key": "node.example.com/pool", "operator": "NotIn", "values": ["a", ""]}]},
+])
+def test_label_syntax_accepts_what_kubernetes_accepts(selector: dict[str, Any]) -> None:
+    assert selectors.check(selector) == []
+
+
+def test_a_vm_selector_change_wakes_every_model() -> None:
+    """Whether a VM is ambiguous depends on every model's vmSelector: when b's changes, a must look again
+    (its status.vms stayed stale until its resync, issue 19)."""
+    state = Caches()
+    web = {"matchLabels": {"app": "web"}}
+    state.models_changed("a", 1, False, {"a": web}, {"a": {"matchLabels": {"pool": "p"}}})
+    state.models_changed("b", 1, False, {"a": web, "b": {"matchLabels": {"app": "db"}}}, {})
+    for event in state.triggers.values():
+        event.clear()
+    state.models_changed("b", 2, False, {"a": web, "b": web}, {})
+    assert {m for m, e in state.triggers.items() if e.is_set()} == {"a", "b"}
+    for event in state.triggers.values():
+        event.clear()
+    state.models_changed("b", 2, False, {"a": web, "b": web}, {})
+    assert not any(e.is_set() for e in state.triggers.values()), "a status write of b changes no claim: nobody wakes"

@@ -191,3 +191,79 @@ def test_a_vm_still_running_an_older_revision_also_requires_nodes_that_can_run_i
     # a revision no node is labelled for any more is not required (it would strand the VM)
     assert vms.for_running(desired, "1", live=[2]) == desired
     assert json.dumps(apply(dressed, vms.patch(dressed, None)), sort_keys=True) == json.dumps(vm, sort_keys=True)
+
+
+def test_a_vm_that_becomes_ambiguous_stays_current_with_the_model_that_dressed_it() -> None:
+    """Issue 19: a VM dressed by model a, then also selected by b, kept requiring a's old revision after a
+    moved on; once no node carried that revision, no node could start it. It now follows a's revision
+    (reported ambiguous all the same), and b leaves it alone."""
+    web = {"matchLabels": {"app": "web"}}
+    vm = {"metadata": {"name": "one", "namespace": "ns", "labels": {"app": "web"}}, "spec": {"template": {"spec": {"domain": {}}}}}
+    dressed = vms.dress(vm, vms.Desired("a", 1, "f1"))
+    both = {"a": web, "b": web}
+    moved = vms.plan_for_model("a", vms.Desired("a", 2, "f2"), web, {("ns", "one"): dressed}, both)
+    assert moved.ambiguous == {("ns", "one"): ["a", "b"]} and moved.counts["ambiguous"] == 1
+    after = apply(dressed, moved.patches[("ns", "one")])
+    assert after["spec"]["template"]["spec"]["nodeSelector"] == {"cpumodel.armcpu.io/a": "2"}
+    assert vms.strip(after) == vm, "still restorable byte for byte"
+    other = vms.plan_for_model("b", vms.Desired("b", 1, "g"), web, {("ns", "one"): after}, both)
+    assert other.patches == {} and other.ambiguous == {("ns", "one"): ["a", "b"]}
+    undressed = vms.plan_for_model("a", vms.Desired("a", 2, "f2"), web, {("ns", "one"): vm}, both)
+    assert undressed.patches == {}, "a VM nobody dressed yet stays undressed while two models select it"
+
+
+def _user_vm(**template_annotations: str) -> dict[str, Any]:
+    return {"metadata": {"name": "v", "namespace": "ns", "uid": "uid-v", "labels": {"app": "web"}},
+            "spec": {"template": {"metadata": {"annotations": {"team": "db", **template_annotations}},
+                                  "spec": {"nodeSelector": {"cpumodel.armcpu.io/a": "mine", "disk": "ssd"},
+                                           "domain": {"cpu": {"features": [{"name": "sve", "policy": "disable"}]}}}}}}
+
+
+def test_a_users_own_values_under_armcpus_keys_come_back_on_removal() -> None:
+    """Issue 19: dressing overwrote them and removal then deleted them; the record keeps them now."""
+    original = _user_vm(**{"armcpu.io/revision": "their own", "armcpu.io/cpumodel": "theirs"})
+    dressed = vms.dress(original, vms.Desired("a", 3, "f", disable=("sve", "pauth")))
+    assert dressed["spec"]["template"]["spec"]["nodeSelector"]["cpumodel.armcpu.io/a"] == "3"
+    assert vms.strip(dressed) == original
+    again = vms.target(dressed, vms.Desired("a", 4, "g"))
+    assert vms.strip(again) == original, "a new revision keeps what the user had"
+    assert apply(dressed, vms.patch(dressed, None)) == original
+
+
+def test_a_record_copied_from_another_vm_is_not_believed() -> None:
+    """Issue 19: a record names what armcpu removes. Copied with a manifest onto another VM, it made
+    armcpu delete that VM's own entries; a record names its VM's uid, and another uid's record is ignored."""
+    source = vms.dress(_user_vm(), vms.Desired("a", 1, "f", disable=("pauth",)))
+    record = json.loads(source["metadata"]["annotations"][vms.RECORD])
+    assert record["uid"] == "uid-v" and record["features"] == ["pauth"]
+    copy_ = _user_vm()
+    copy_["metadata"] = {**copy_["metadata"], "name": "w", "uid": "uid-w",
+                         "annotations": {vms.RECORD: json.dumps({**record, "features": ["sve"]})}}
+    stripped = vms.strip(copy_)
+    assert stripped["spec"]["template"]["spec"]["domain"]["cpu"]["features"] == [{"name": "sve", "policy": "disable"}], \
+        "the user's own sve entry stays"
+    assert stripped["spec"]["template"]["spec"]["nodeSelector"] == copy_["spec"]["template"]["spec"]["nodeSelector"]
+    assert vms.uses(copy_) is None
+
+
+def test_armcpus_dressing_without_its_record_is_still_taken_off() -> None:
+    """Issue 19: with the record annotation deleted, armcpu no longer knew the VM and its nodeSelector
+    kept naming the model's label forever. armcpu's own keys name the model: they go; the rest stays."""
+    plain = {"metadata": {"name": "v", "namespace": "ns", "uid": "u", "labels": {"app": "web"}},
+             "spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}, "domain": {}}}}}
+    dressed = vms.dress(plain, vms.Desired("a", 2, "f", qemu_cpu="host,SYSREG_X=0"))
+    del dressed["metadata"]["annotations"][vms.RECORD]
+    assert vms.uses(dressed) == "a"
+    gone = vms.plan_for_model("a", vms.Desired("a", 2, "f"), {"matchLabels": {"app": "db"}}, {("ns", "v"): dressed}, {})
+    restored = apply(dressed, gone.patches[("ns", "v")])
+    assert restored["spec"]["template"]["spec"]["nodeSelector"] == {"disk": "ssd"}
+    assert vms.HOOK_SIDECARS not in restored["spec"]["template"]["metadata"].get("annotations", {})
+    assert not any(k.startswith("armcpu.io/") for k in restored["spec"]["template"]["metadata"].get("annotations", {}))
+
+
+def test_a_record_written_without_a_uid_is_not_rewritten_to_add_one() -> None:
+    """Dressed at admission (no uid yet) or by an older armcpu: no write just to add the uid."""
+    created = {"metadata": {"name": "v", "namespace": "ns", "labels": {"app": "web"}}, "spec": {"template": {"spec": {"domain": {}}}}}
+    dressed = vms.dress(created, vms.Desired("a", 1, "f"))
+    stored = {**dressed, "metadata": {**dressed["metadata"], "uid": "given-later"}}
+    assert vms.patch(stored, vms.Desired("a", 1, "f")) == []

@@ -16,7 +16,8 @@ What armcpu adds (and nothing else):
   (:mod:`armcpu_k8s.domain_hook`) turns into QEMU arguments, and armcpu's entry in the template's
   ``hooks.kubevirt.io/hookSidecars`` list (appended to the user's list, if any, and taken out alone);
 - ``metadata.annotations["armcpu.io/applied"]``: a record of the above (including which maps or lists
-  armcpu had to create), so removal restores the VM byte for byte.
+  armcpu had to create, the user's own values under armcpu's keys, and the VM's uid), so removal
+  restores the VM byte for byte (:func:`record_of` says which records are believed).
 
 Every patch starts with JSON-patch ``test`` operations on the values it replaces, so a concurrent
 edit makes the API server refuse it (422) and the next reconcile starts from the new state.
@@ -115,14 +116,44 @@ def _drop_if_empty(obj: dict[str, Any], path: Sequence[str]) -> None:
 
 
 def record_of(vm: Mapping[str, Any]) -> dict[str, Any] | None:
-    raw = ((vm.get("metadata") or {}).get("annotations") or {}).get(RECORD)
-    if not raw:
+    """What armcpu added to this VM, by its ``armcpu.io/applied`` record.
+
+    A record that names another VM's uid was copied with a manifest (``kubectl get -o yaml`` of a
+    dressed VM, edited and applied as a new one): it says nothing of this VM, so it is not believed.
+    Without a believable record, armcpu's own dressing still names its model (the template
+    annotation ``armcpu.io/cpumodel`` and that model's nodeSelector key, both under armcpu's
+    prefixes): then the record is rebuilt from it, covering armcpu's keys only, so a deleted record
+    no longer leaves armcpu's additions on the VM forever. Feature entries are not in a rebuilt
+    record: a user may have written ``sve: disable`` too, and armcpu cannot tell, so it leaves them."""
+    meta = vm.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(RECORD)
+    record: Any = None
+    if raw:
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+    if isinstance(record, dict) and isinstance(record.get("cpumodel"), str):
+        if not (isinstance(record.get("uid"), str) and meta.get("uid") and record["uid"] != meta["uid"]):
+            return record
+    return _rebuilt_record(vm)
+
+
+def _rebuilt_record(vm: Mapping[str, Any]) -> dict[str, Any] | None:
+    found, annotations = _get(vm, ("spec", "template", "metadata", "annotations"))
+    model = annotations.get(T_MODEL) if found and isinstance(annotations, Mapping) else None
+    found, selector = _get(vm, ("spec", "template", "spec", "nodeSelector"))
+    if not isinstance(model, str) or not found or not isinstance(selector, Mapping) or keys.MODEL_PREFIX + model not in selector:
         return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("cpumodel"), str) else None
+    record: dict[str, Any] = {"cpumodel": model, "created": [], "features": [], "rebuilt": True}
+    if HOOK_ENTRY in (_sidecars(annotations.get(HOOK_SIDECARS)) or []):
+        record["hookSidecars"] = None
+    return record
+
+
+# The keys armcpu sets, per subtree: a value the user had under one of them is kept in the record
+# ("previous") and put back on removal.
+_OWNED_TEMPLATE_ANNOTATIONS = (T_MODEL, T_REVISION, T_FINGERPRINT, domain_hook.CPU_ANNOTATION, domain_hook.MACHINE_ANNOTATION)
 
 
 def _copy(vm: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,16 +170,20 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
         return out
     created = set(record.get("created") or [])
     model = record["cpumodel"]
+    kept = record.get("previous")
+    previous: dict[str, Any] = kept if isinstance(kept, dict) else {}
     found, selector = _get(out, ("spec", "template", "spec", "nodeSelector"))
     if found and isinstance(selector, dict):
         for key in [k for k in selector if keys.owned_by_model(k, model)]:
             del selector[key]
+        selector.update(_strings(previous.get("nodeSelector")))
     found, annotations = _get(out, ("spec", "template", "metadata", "annotations"))
     if found and isinstance(annotations, dict):
-        for key in (T_MODEL, T_REVISION, T_FINGERPRINT, domain_hook.CPU_ANNOTATION, domain_hook.MACHINE_ANNOTATION):
+        for key in _OWNED_TEMPLATE_ANNOTATIONS:
             annotations.pop(key, None)
         if "hookSidecars" in record:
             _unhook(annotations, record["hookSidecars"])
+        annotations.update(_strings(previous.get("templateAnnotations")))
     found, features = _get(out, ("spec", "template", "spec", "domain", "cpu", "features"))
     if found and isinstance(features, list):
         added = set(record.get("features") or [])
@@ -164,6 +199,13 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
         if name in created:
             _drop_if_empty(out, path)
     return out
+
+
+def _strings(kept: object) -> dict[str, str]:
+    """A record's kept user values (a hand-edited record may hold anything: only strings are put back)."""
+    if not isinstance(kept, dict):
+        return {}
+    return {k: v for k, v in kept.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _unhook(annotations: dict[str, Any], original: object) -> None:
@@ -204,18 +246,25 @@ def uses_hook(vm: Mapping[str, Any]) -> bool:
 
 def dress(original: Mapping[str, Any], desired: Desired) -> dict[str, Any]:
     """``original`` with armcpu's additions for ``desired``, and the record of them."""
-    return _dress_in_place(_copy(original), desired)
+    return _dress_in_place(_copy(original), desired, ((original.get("metadata") or {}).get("uid")))
 
 
-def _dress_in_place(out: dict[str, Any], desired: Desired) -> dict[str, Any]:
+def _dress_in_place(out: dict[str, Any], desired: Desired, uid: str | None) -> dict[str, Any]:
+    """``uid``: the VM's, bound into the record (None: a VM not created yet, or dressed before records had it)."""
     created: list[str] = []
+    previous: dict[str, dict[str, str]] = {}
     selector = _ensure(out, ("spec", "template", "spec", "nodeSelector"), created, "nodeSelector", {})
-    selector[keys.MODEL_PREFIX + desired.model] = str(desired.revision)
+    added_keys = [keys.MODEL_PREFIX + desired.model]
     if desired.running_revision is not None:
         # ANDed with the current key: only nodes that can run both what runs now and what starts next
-        selector[keys.revision_key(desired.model, desired.running_revision)] = "true"
+        added_keys.append(keys.revision_key(desired.model, desired.running_revision))
+    _keep(previous, "nodeSelector", selector, added_keys)
+    selector[added_keys[0]] = str(desired.revision)
+    for key in added_keys[1:]:
+        selector[key] = "true"
     _ensure(out, ("spec", "template", "metadata"), created, "templateMetadata", {})
     annotations = _ensure(out, ("spec", "template", "metadata", "annotations"), created, "templateAnnotations", {})
+    _keep(previous, "templateAnnotations", annotations, _OWNED_TEMPLATE_ANNOTATIONS)
     annotations.update({T_MODEL: desired.model, T_REVISION: str(desired.revision), T_FINGERPRINT: desired.fingerprint})
     hooked, sidecars_before = _hook(annotations, desired)
     added: list[str] = []
@@ -231,13 +280,30 @@ def _dress_in_place(out: dict[str, Any], desired: Desired) -> dict[str, Any]:
     record: dict[str, Any] = {"cpumodel": desired.model, "created": created, "features": added}
     if hooked:
         record["hookSidecars"] = sidecars_before
+    if previous:
+        record["previous"] = previous
+    if uid:
+        record["uid"] = uid
     meta_annotations[RECORD] = json.dumps(record, separators=(",", ":"))
     return out
 
 
+def _keep(previous: dict[str, dict[str, str]], where: str, values: Mapping[str, Any], owned: Iterable[str]) -> None:
+    """Note the user's own values under keys armcpu is about to set, to put them back on removal."""
+    kept = {key: values[key] for key in owned if isinstance(values.get(key), str)}
+    if kept:
+        previous[where] = kept
+
+
 def target(vm: Mapping[str, Any], desired: Desired | None) -> dict[str, Any]:
+    record = record_of(vm)
     original = strip(vm)  # a copy of its own: dressed in place
-    return original if desired is None else _dress_in_place(original, desired)
+    if desired is None:
+        return original
+    # A record written without a uid (at admission, before the VM had one; or by an older armcpu) keeps
+    # having none: adding it would rewrite every such VM once for nothing.
+    uid = (record or {}).get("uid") if record is not None and not record.get("rebuilt") else (vm.get("metadata") or {}).get("uid")
+    return _dress_in_place(original, desired, uid if isinstance(uid, str) else None)
 
 
 def _pointer(path: Sequence[str]) -> str:
@@ -338,7 +404,8 @@ def walk(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | N
          index: Mapping[VmKey, Summary] | None = None) -> Iterator[Write]:
     """Every VM this model selects or once patched that needs a patch, one at a time (a caller can
     keep each write compact before the next is made). A VM that another model's vmSelector also
-    matches is ambiguous and left as it is; without a computed model, selected VMs wait.
+    matches is ambiguous: reported, and left undressed, or kept current by the model that dressed it
+    before; without a computed model, selected VMs wait.
     ``running``: the revision each running VMI of this model was started with; ``live``: the older
     revisions nodes are still labelled for; ``index``: each VM's :class:`Summary` (so only the VMs
     that concern this model are read)."""
@@ -358,7 +425,11 @@ def walk(model: str, desired: Desired | None, vm_selector: Mapping[str, Any] | N
             if others:
                 scan.ambiguous[key] = sorted([model, *others])
                 counts["ambiguous"] += 1
-                continue
+                if about.model != model:
+                    continue  # nobody dresses it until one model alone selects it (an Event says so)
+                # This model dressed it before another one's selector matched it too. It stays dressed,
+                # and current: left at its old revision it would require a label no node carries
+                # once that revision is gone, and no node could start it.
             if desired is None:
                 continue
         want = for_running(desired, (running or {}).get(key), live) if mine and desired is not None else None
