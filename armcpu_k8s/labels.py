@@ -60,6 +60,16 @@ def revision_of_key(key: str, model: str) -> int | None:
     return int(found.group(1)) if found and found.group(2) == model else None
 
 
+def model_of_key(key: str) -> str | None:
+    """The CpuModel an operator-owned node label is for (``cpumodel.``, ``start.cpumodel.`` or
+    ``r<N>.cpumodel.armcpu.io/<model>``), else None."""
+    for prefix in (START_PREFIX, MODEL_PREFIX):
+        if key.startswith(prefix):
+            return key[len(prefix):] or None
+    found = _REVISION_KEY.match(key)
+    return found.group(2) if found else None
+
+
 def owned_by_model(key: str, model: str) -> bool:
     """A node label the operator writes for ``model``: its current revision (placement or boot) or an older live one."""
     return key in (MODEL_PREFIX + model, START_PREFIX + model) or revision_of_key(key, model) is not None

@@ -140,7 +140,8 @@ def remove_node(kube: Kube, name: str) -> None:
 def assert_safe_and_converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str], namespace: str) -> None:
     """The safety invariant: exactly the nodes that can run the model carry its revision, every VM carries
     exactly its patch, and every node a VM's selector admits can run the VM's model revision."""
-    status = admin.get(f"/apis/armcpu.io/v1alpha1/cpumodels/{model_name}")["status"]
+    status = admin.get(f"/apis/armcpu.io/v1alpha1/cpumodels/{model_name}").get("status") or {}
+    assert status.get("model") and status.get("revision"), f"{model_name} has no computed model yet"
     model = plan.model_from_status(status["model"])
     revision = str(status["revision"])
     key = plan.label_key(model_name)

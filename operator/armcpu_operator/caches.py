@@ -87,6 +87,7 @@ class Caches:
     profiles_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vms_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vmis_listed: asyncio.Event = field(default_factory=asyncio.Event)
+    garbage: asyncio.Event = field(default_factory=asyncio.Event)  # set: a CpuModel went; look for what it left
 
     def listed(self) -> bool:
         """Every directly watched collection has been listed once: a reconcile starts from a full view."""
@@ -228,6 +229,7 @@ class Caches:
         if deleted:
             self.model_generations.pop(name, None)
             self.written_status.pop(name, None)
+            self.garbage.set()
             return False
         changed = self.model_generations.get(name) != generation
         self.model_generations[name] = generation

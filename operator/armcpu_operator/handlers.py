@@ -29,6 +29,7 @@ from armcpu_operator.runtime import RUNTIME
 
 CACHES = Caches()
 WATCHES: list[listwatch.ListWatch[Any]] = []
+TASKS: list[asyncio.Task[None]] = []
 
 
 def _kube() -> Kube:
@@ -111,12 +112,15 @@ async def start_watches(**_: Any) -> None:
     ]
     for watch in WATCHES:
         watch.start()
+    TASKS[:] = [asyncio.create_task(reconciler.garbage_loop(_kube(), CACHES, RUNTIME), name="garbage")]
 
 
 @kopf.on.cleanup()
 async def stop_watches(**_: Any) -> None:
     for watch in WATCHES:
         watch.stop.set()
+    for task in TASKS:
+        task.cancel()
 
 
 @kopf.on.event(GROUP, VERSION, "cpumodels")

@@ -3,6 +3,9 @@
 Level-based: a model reconciles at start, whenever an event can affect it (its trigger, set by
 :mod:`armcpu_operator.caches`), and every resync period. A failed reconcile is retried with the
 model's own exponential back-off (2 s doubling to 5 min); any event still wakes it at once.
+
+:func:`collect_garbage` removes what CpuModels that no longer exist left behind (a finalizer removed
+by hand skips :func:`remove`): at start, after each CpuModel deletion, and every resync period.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import kopf
 
 from armcpu_k8s.kube import Kube
+from armcpu_k8s.resources import CPUMODELS
 from armcpu_operator import executor, hookmaps, metrics
 from armcpu_operator.caches import Caches
 from armcpu_operator.planning import world as worlds
@@ -104,3 +108,44 @@ async def remove(kube: Kube, caches: Caches, runtime: Runtime, name: str) -> Non
     caches.triggers.pop(name, None)
     metrics.forget(name)
     log.info("cpumodel deleted; labels removed", extra={"cpumodel": name, "nodes": sorted(planned.label_changes)})
+
+
+async def collect_garbage(kube: Kube, caches: Caches, runtime: Runtime) -> list[str]:
+    """Remove the labels and VM dressing of every CpuModel that no longer exists; the models cleaned.
+
+    The CpuModels are listed from the API server at that moment (not taken from kopf's index, which
+    may not have seen a creation yet): a model created meanwhile is listed, so nothing of a live
+    model is ever taken for garbage."""
+    while not caches.listed():
+        await asyncio.sleep(0.2)
+    listing = await asyncio.to_thread(kube.get, CPUMODELS.collection())
+    existing = {item["metadata"]["name"] for item in listing.get("items") or []}
+    cleaned = []
+    for name in worlds.orphaned_models(snapshot(caches, runtime), existing):
+        await executor.refresh_hook_configmaps(kube, caches, runtime.resync_seconds)
+        planned = worlds.plan_removal(snapshot(caches, runtime), name)
+        problem = await executor.execute_removal(kube, caches, planned)
+        if problem is not None:
+            log.warning("garbage of a deleted cpumodel not removed yet", extra={"cpumodel": name, "error": problem})
+            continue
+        log.info("removed what a deleted cpumodel left (its finalizer was removed without armcpu's cleanup)",
+                 extra={"cpumodel": name, "nodes": sorted(planned.label_changes), "vms": len(planned.vm_writes)})
+        cleaned.append(name)
+    return cleaned
+
+
+async def garbage_loop(kube: Kube, caches: Caches, runtime: Runtime) -> None:
+    """:func:`collect_garbage` at start, whenever a CpuModel is deleted (``caches.garbage``), and every
+    resync period; a failure is logged and tried again at the next occasion."""
+    caches.garbage.set()
+    while True:
+        try:
+            await asyncio.wait_for(caches.garbage.wait(), timeout=runtime.resync_seconds)
+        except TimeoutError:
+            pass
+        caches.garbage.clear()
+        await asyncio.sleep(runtime.debounce_seconds)
+        try:
+            await collect_garbage(kube, caches, runtime)
+        except Exception as exc:  # the next deletion or resync tries again
+            log.exception("garbage collection failed", extra={"error": str(exc)})

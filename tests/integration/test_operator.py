@@ -211,6 +211,7 @@ BAD_SPECS = [
     ("registers: [{register: CTR_EL0, field: DminLine, value: 99}]",
      "spec.registers[0] (CTR_EL0.DminLine): value 0x63 does not fit in 4 bits (0..0xf)"),
     ("base: neoverse-x9", "spec.base: unknown base model 'neoverse-x9'; known: ampereone, neoverse-n1"),
+    ("vmSelector: {matchLabels: {'app ': web}}", "spec.vmSelector.matchLabels['app ']: label key 'app ': the name must be 1-63 characters"),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
+from armcpu_k8s.labels import model_of_key as labels_model
 from armcpu_operator import executor
 from armcpu_operator.planning import vms
 from armcpu_testing.controlplane import ControlPlane, free_port, running
@@ -167,3 +168,33 @@ def test_concurrent_writers_on_the_same_nodes_and_vms_both_keep_their_changes(co
             want["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] = [
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": [f"z{round_}"]}]}]
             assert vm["spec"] == want and vms.RECORD not in (vm["metadata"].get("annotations") or {})
+
+
+def test_a_finalizer_removed_by_hand_leaves_nothing_behind_after_a_restart(control_plane: ControlPlane) -> None:
+    """Removing the finalizer of a CpuModel stuck in deletion (a common remedy) skips armcpu's cleanup:
+    its node labels and VM dressing stayed for good, even after the operator restarted (issue 19).
+    The operator now removes what a CpuModel that no longer exists left, at start and after each deletion."""
+    pool, ns = "forced", "forced"
+    admin = Kube(load_kubeconfig(control_plane.kubeconfig))
+    control_plane.kubectl("create", "namespace", ns, check=False)
+    nodes, vm_names = _pool(admin, pool, ns, "fz", 4, 6)
+    before = {name: admin.get(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}") for name in vm_names}
+
+    def left_behind() -> list[str]:
+        found = [f"node {n['metadata']['name']}" for n in admin.get("/api/v1/nodes")["items"]
+                 if any(labels_model(k) == pool for k in n["metadata"].get("labels") or {})]
+        for name, original in before.items():
+            vm = admin.get(f"/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}")
+            if vm["spec"] != original["spec"] or vm["metadata"].get("annotations") != original["metadata"].get("annotations"):
+                found.append(f"vm {name}")
+        return found
+
+    with running_operator(control_plane, identity="forced", webhook=False):
+        admin.create(CPUMODELS, _model(pool))
+        wait_for(lambda: converged(admin, pool, nodes, vm_names, ns), 60, "the pool labelled and every VM dressed")
+    admin.merge_patch(f"{CPUMODELS}/{pool}", {"metadata": {"finalizers": None}})
+    admin.delete(f"{CPUMODELS}/{pool}")
+    wait_for(lambda: admin.get_or_none(f"{CPUMODELS}/{pool}") is None, 10, "deleted without armcpu's cleanup")
+    assert len(left_behind()) == len(nodes) + len(vm_names), "what the deletion left, before the operator is back"
+    with running_operator(control_plane, identity="forced-again", webhook=False):
+        wait_for(lambda: left_behind() == [], 60, "labels and dressing of the deleted CpuModel removed")

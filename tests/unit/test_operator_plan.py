@@ -15,7 +15,8 @@ from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict, to_dict
 from armcpu_k8s import labels, selectors
 from armcpu_operator.caches import Caches
-from armcpu_operator.planning import plan, spec
+from armcpu_operator.planning import plan, spec, vms
+from armcpu_operator.planning import world as worlds
 from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import CPUS
 
@@ -457,3 +458,19 @@ def test_a_vm_selector_change_wakes_every_model() -> None:
         event.clear()
     state.models_changed("b", 2, False, {"a": web, "b": web}, {})
     assert not any(e.is_set() for e in state.triggers.values()), "a status write of b changes no claim: nobody wakes"
+
+
+def test_what_a_model_that_no_longer_exists_left_is_garbage() -> None:
+    """A finalizer removed by hand skips the deletion's cleanup (issue 19): its labels and VM dressing
+    are found by their keys, for every model not among the existing ones."""
+    state = Caches()
+    state.node_labels = {"n1": {"pool": "p", "cpumodel.armcpu.io/live": "1", "start.cpumodel.armcpu.io/gone": "true"},
+                         "n2": {"r3.cpumodel.armcpu.io/gone": "true", "cpumodel.armcpu.io/other-gone": "2"}, "n3": {"pool": "q"}}
+    vm = {"metadata": {"name": "v", "namespace": "ns", "labels": {}}, "spec": {"template": {"spec": {"domain": {}}}}}
+    kept = vms.stored(vms.dress(vm, vms.Desired("vm-only", 1, "f")))
+    state.vm_store, state.vm_index = {("ns", "v"): kept[0]}, {("ns", "v"): kept[1]}
+    world = state.world("2026-12-01T00:00:00Z", hook_script="", kernel_verification="Advisory")
+    assert worlds.orphaned_models(world, {"live"}) == ["gone", "other-gone", "vm-only"]
+    assert worlds.orphaned_models(world, {"live", "gone", "other-gone", "vm-only"}) == []
+    removal = worlds.plan_removal(world, "gone")
+    assert removal.label_changes == {"n1": {"start.cpumodel.armcpu.io/gone": None}, "n2": {"r3.cpumodel.armcpu.io/gone": None}}

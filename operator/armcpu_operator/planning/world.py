@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from armcpu.guarantee import STOCK, Vmm
 from armcpu_k8s import api
+from armcpu_k8s import labels as keys
 from armcpu_operator.planning import hooks, plan, vms
 
 VmKey = vms.VmKey
@@ -301,6 +302,15 @@ def plan_model(world: World, cpumodel: CpuModel, max_vm_writes: int = MAX_VM_WRI
         _counts_vms=counts_vms, _pending=tuple(pending), _restart=restart, _hook_base=hook_base,
         _hooks_held=dict(world.hook_configmaps) if world.hook_configmaps is not None else None, _hook_script=world.hook_script,
     )
+
+
+def orphaned_models(world: World, existing: Collection[str]) -> list[str]:
+    """CpuModels that left something behind: their labels on nodes, or their dressing on VMs, while no
+    CpuModel of that name exists. That is what a deletion leaves when its finalizer was removed by
+    hand (a common remedy for a stuck deletion), or while no operator ran: its removal never ran."""
+    named = {model for labels in world.nodes.values() for key in labels if (model := keys.model_of_key(key)) is not None}
+    named |= {about.model for about in world.summaries().values() if about.model is not None}
+    return sorted(named - set(existing))
 
 
 def plan_removal(world: World, name: str) -> ModelPlan:
