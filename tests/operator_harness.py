@@ -50,6 +50,7 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+    webhook_port: int | None = None
 
     def metric(self, name: str) -> float:
         for line in http_get(self.url + "/metrics")[1].splitlines():
@@ -64,7 +65,7 @@ class OperatorProcess:
 @contextmanager
 def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool = True, wait_ready: bool = True,
                      extra: tuple[str, ...] = (), kubeconfig: Path | None = None, namespace: str = NAMESPACE,
-                     kernel_verification: str = "Advisory") -> Iterator[OperatorProcess]:
+                     kernel_verification: str = "Advisory", webhook_tls: tuple[Path, Path, Path] | None = None) -> Iterator[OperatorProcess]:
     """The operator as a process; by default as user armcpu-operator (system:masters), or with ``kubeconfig``.
 
     ``kernel_verification`` defaults to Advisory here: the profiles these tests seed come from register
@@ -74,14 +75,15 @@ def running_operator(plane: ControlPlane, identity: str = "op-1", webhook: bool 
     port = free_port()
     args = [sys.executable, "-m", "armcpu_operator", "--kubeconfig", str(kubeconfig), "--namespace", namespace,
             "--identity", identity, "--listen", f"127.0.0.1:{port}", "--kernel-verification", kernel_verification, *extra]
+    webhook_port = free_port() if webhook else None
     if webhook:
-        cert, key, ca = plane.serving_cert(f"webhook-{identity}")
-        args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1", "--webhook-cert", str(cert),
+        cert, key, ca = webhook_tls or plane.serving_cert(f"webhook-{identity}")
+        args += ["--webhook-port", str(webhook_port), "--webhook-host", "127.0.0.1", "--webhook-cert", str(cert),
                  "--webhook-key", str(key), "--webhook-ca", str(ca), "--webhook-config", "armcpu.io"]
     log = Path(tempfile.mkstemp(prefix=f"operator-{identity}-", suffix=".log")[1])
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    op = OperatorProcess(proc, f"http://127.0.0.1:{port}", log)
+    op = OperatorProcess(proc, f"http://127.0.0.1:{port}", log, webhook_port)
     try:
         if wait_ready:
             wait_for(lambda: proc.poll() is not None or http_get(op.url + "/readyz")[0] == 200, 60, "operator ready")

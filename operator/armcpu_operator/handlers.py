@@ -53,7 +53,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if hook is not None:
         settings.admission.server = kopf.WebhookServer(
             addr=hook.addr, port=hook.port, host=hook.host, certfile=str(hook.certfile), pkeyfile=str(hook.keyfile),
-            cafile=str(hook.cafile) if hook.cafile else None,
+            cafile=str(hook.cafile) if hook.cafile else None, file_check_interval=hook.cert_check_seconds,
         )
         if hook.config_name:
             settings.admission.managed = hook.config_name

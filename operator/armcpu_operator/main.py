@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--webhook-cert", type=Path, help="TLS certificate (PEM) of the webhook server")
     p.add_argument("--webhook-key", type=Path, help="TLS key (PEM) of the webhook server")
     p.add_argument("--webhook-ca", type=Path, help="CA bundle put into the ValidatingWebhookConfiguration (with --webhook-config)")
+    p.add_argument("--webhook-cert-check-interval", type=float, default=10.0,
+                   help="seconds between checks of the certificate files; changed files (a renewed Secret) are served from then on")
     p.add_argument("--webhook-config", default="", help="let the operator create and own a ValidatingWebhookConfiguration of this name "
                    "(default: none; the Helm chart ships its own)")
     p.add_argument("command", nargs="?", choices=("run", "cleanup"), default="run",
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("--webhook-port needs --webhook-cert and --webhook-key")
             return 2
         RUNTIME.webhook = Webhook(port=args.webhook_port, host=args.webhook_host, certfile=args.webhook_cert,
-                                  keyfile=args.webhook_key, cafile=args.webhook_ca, config_name=args.webhook_config or None)
+                                  keyfile=args.webhook_key, cafile=args.webhook_ca, config_name=args.webhook_config or None,
+                                  cert_check_seconds=args.webhook_cert_check_interval)
         handlers.register_webhook()
 
     ready = threading.Event()

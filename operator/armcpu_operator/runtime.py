@@ -18,6 +18,7 @@ class Webhook:
     cafile: Path | None = None
     addr: str = "0.0.0.0"
     config_name: str | None = None  # kopf manages a ValidatingWebhookConfiguration of this name
+    cert_check_seconds: float = 10.0  # how often the certificate files are read again (a renewal is served from then on)
 
 
 @dataclass
