@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import random
 import socket
 import threading
 import time
@@ -26,6 +28,9 @@ from armcpu_testing.waiting import wait_for
 pytestmark = pytest.mark.integration
 NAMESPACE = "lease-clocks"
 DURATION, DEADLINE, RETRY = 4, 2.5, 0.5
+# CI: clocks 20 s apart and 2 slow-server rounds; the long mode (scripts/faults-long.sh) sets 30 s and 10 rounds.
+SKEW = float(os.environ.get("ARMCPU_CLOCK_SKEW", "20"))
+SLOW_ROUNDS = int(os.environ.get("ARMCPU_SLOW_LEADER_ROUNDS", "2"))
 
 
 def _skewed(seconds: float) -> Callable[[], datetime.datetime]:
@@ -77,7 +82,7 @@ def _election(kube: Kube, identity: str, lease: str, wall: Callable[[], datetime
     return LeaderElection(kube, NAMESPACE, lease, identity, duration=DURATION, renew_deadline=DEADLINE, retry=RETRY, wall=wall)
 
 
-@pytest.mark.parametrize("skew", [20.0, -20.0])
+@pytest.mark.parametrize("skew", [SKEW, -SKEW])
 def test_replicas_with_clocks_apart_by_more_than_the_lease_never_both_lead(control_plane: ControlPlane, skew: float) -> None:
     """A standby whose clock is 20 s ahead (or behind) waits a full Lease duration after the record
     last changed, on its own clock; it takes over only when the leader stopped renewing."""
@@ -105,6 +110,7 @@ class BlackHole:
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.frozen = threading.Event()
+        self.delay = 0.0  # > 0: every chunk the server sends back is held this long first (a slow API server)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
@@ -120,15 +126,17 @@ class BlackHole:
                 self.held.append(client)  # neither refused nor answered
                 continue
             server = socket.create_connection(self.upstream)
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, slowed in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, slowed), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, slowed: bool = False) -> None:
         try:
             while data := src.recv(65536):
                 if self.frozen.is_set():
                     self.held += [src, dst]
                     return  # what is in flight stops here; the peer waits forever
+                if slowed and self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
         except OSError:
@@ -173,3 +181,38 @@ def test_a_leader_whose_requests_hang_stops_within_its_renew_deadline(control_pl
         assert not _overlaps(first.intervals, second.intervals), "two leaders at once"
         first.crash()
         second.crash()
+
+
+
+def test_a_slow_api_server_and_clocks_apart_never_make_two_leaders(control_plane: ControlPlane) -> None:
+    """Two replicas whose wall clocks are ``SKEW`` seconds apart, each reaching the API server through
+    its own proxy. Round after round, the current leader's proxy starts holding every response past
+    the renew deadline (the server is slow, not gone): the leader must stop within its deadline, the
+    other take over only after the Lease, and at no instant may both lead."""
+    control_plane.kubectl("create", "namespace", NAMESPACE, check=False)
+    kube = Kube(load_kubeconfig(control_plane.kubeconfig))
+    rng = random.Random(SLOW_ROUNDS)
+    with black_hole(control_plane) as hole_a, black_hole(control_plane) as hole_b:
+        replicas = []
+        for name, hole, skew in (("slow-a", hole_a, 0.0), ("slow-b", hole_b, SKEW)):
+            credentials = dataclasses.replace(kube.credentials, server=f"https://127.0.0.1:{hole.port}")
+            replicas.append((Replica(_election(Kube(credentials), name, "slow", _skewed(skew))), hole))
+        for replica, _ in replicas:
+            replica.start()
+        wait_for(lambda: any(r.leading for r, _ in replicas), 15, "a leader")
+        for round_ in range(SLOW_ROUNDS):
+            leader, hole = next((r, h) for r, h in replicas if r.leading)
+            other = next(r for r, _ in replicas if r is not leader)
+            hole.delay = DEADLINE + rng.uniform(0.5, 2.0)
+            slowed = time.monotonic()
+            wait_for(lambda leader=leader: not leader.leading, DEADLINE + RETRY + hole.delay + 3, f"round {round_}: the slowed leader stopping")
+            stopped = leader.intervals[-1][1]
+            assert stopped is not None and stopped - slowed <= DEADLINE + hole.delay + RETRY + 1, f"stopped {stopped - slowed:.1f}s after"
+            wait_for(lambda other=other: other.leading, DURATION + DEADLINE + 10, f"round {round_}: the other replica taking over")
+            hole.delay = 0.0
+            assert not _overlaps(replicas[0][0].intervals, replicas[1][0].intervals), f"round {round_}: two leaders at once"
+        time.sleep(DURATION)
+        assert not _overlaps(replicas[0][0].intervals, replicas[1][0].intervals), "two leaders at once"
+        assert sum(len(r.intervals) for r, _ in replicas) >= SLOW_ROUNDS + 1
+        for replica, _ in replicas:
+            replica.crash()

@@ -100,7 +100,9 @@ def _get(obj: Any, path: Sequence[str]) -> tuple[bool, Any]:
 def _ensure(obj: dict[str, Any], path: Sequence[str], created: list[str], name: str, empty: Any) -> Any:
     parent = obj
     for part in path[:-1]:
-        parent = parent.setdefault(part, {})
+        if parent.get(part) is None:  # absent, or JSON null (hypothesis found `spec: null` crashed the plan)
+            parent[part] = {}
+        parent = parent[part]
     if path[-1] not in parent or parent[path[-1]] is None:
         parent[path[-1]] = empty
         created.append(name)
@@ -168,7 +170,7 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
     record = record_of(vm)
     if record is None:
         return out
-    created = set(record.get("created") or [])
+    created = set(_string_items(record.get("created")))
     model = record["cpumodel"]
     kept = record.get("previous")
     previous: dict[str, Any] = kept if isinstance(kept, dict) else {}
@@ -186,10 +188,12 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
         annotations.update(_strings(previous.get("templateAnnotations")))
     found, features = _get(out, ("spec", "template", "spec", "domain", "cpu", "features"))
     if found and isinstance(features, list):
-        added = set(record.get("features") or [])
-        features[:] = [f for f in features if not (f.get("name") in added and f.get("policy") == "disable")]
-    meta_annotations = out.get("metadata", {}).get("annotations") or {}
-    meta_annotations.pop(RECORD, None)
+        added = set(_string_items(record.get("features")))
+        features[:] = [f for f in features
+                       if not (isinstance(f, dict) and isinstance(f.get("name"), str) and f["name"] in added and f.get("policy") == "disable")]
+    found, meta_annotations = _get(out, ("metadata", "annotations"))
+    if found and isinstance(meta_annotations, dict):
+        meta_annotations.pop(RECORD, None)
     for name, path in (("nodeSelector", ("spec", "template", "spec", "nodeSelector")),
                        ("templateAnnotations", ("spec", "template", "metadata", "annotations")),
                        ("features", ("spec", "template", "spec", "domain", "cpu", "features")),
@@ -199,6 +203,11 @@ def strip(vm: Mapping[str, Any]) -> dict[str, Any]:
         if name in created:
             _drop_if_empty(out, path)
     return out
+
+
+def _string_items(listed: object) -> list[str]:
+    """The strings of a record's list (a hand-edited record may hold anything)."""
+    return [x for x in listed if isinstance(x, str)] if isinstance(listed, list) else []
 
 
 def _strings(kept: object) -> dict[str, str]:
@@ -271,7 +280,7 @@ def _dress_in_place(out: dict[str, Any], desired: Desired, uid: str | None) -> d
     if desired.disable:
         _ensure(out, ("spec", "template", "spec", "domain", "cpu"), created, "cpu", {})
         features = _ensure(out, ("spec", "template", "spec", "domain", "cpu", "features"), created, "features", [])
-        present = {f.get("name") for f in features}
+        present = {f.get("name") for f in features if isinstance(f, dict) and isinstance(f.get("name"), str)}
         for name in desired.disable:
             if name not in present:
                 features.append({"name": name, "policy": "disable"})
@@ -494,7 +503,9 @@ class Summary(NamedTuple):
 
 
 def summary(vm: Mapping[str, Any]) -> Summary:
-    return Summary(dict((vm.get("metadata") or {}).get("labels") or {}), uses(vm), uses_hook(vm))
+    found = (vm.get("metadata") or {}).get("labels")
+    vm_labels = {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(found, dict) else {}
+    return Summary(vm_labels, uses(vm), uses_hook(vm))
 
 
 Stored = tuple[bytes, Summary]  # what the operator keeps per VM
