@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -216,3 +217,85 @@ def unsafe_vms(admin: Kube) -> list[str]:
                     problems.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']} admits {node_name}, "
                                     f"which cannot run {name} revision {revision}")
     return problems
+
+
+def stale_labels(admin: Kube) -> list[str]:
+    """Nodes labelled for a model's current revision that cannot run it (by its status)."""
+    models = {m["metadata"]["name"]: m.get("status") or {} for m in admin.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]}
+    profiles = {}
+    for item in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]:
+        parsed = plan.parse_profile(item["metadata"]["name"], item.get("spec") or {})
+        if isinstance(parsed, Profile):
+            profiles[parsed.name] = parsed
+    problems = []
+    for node in admin.get("/api/v1/nodes")["items"]:
+        name = node["metadata"]["name"]
+        for key, value in (node["metadata"].get("labels") or {}).items():
+            model = keys.model_of_key(key)
+            status = models.get(model or "")
+            if model is None or key != plan.label_key(model) or not status or not status.get("model") or str(status.get("revision")) != value:
+                continue
+            if name not in profiles or not algebra.can_run(profiles[name], plan.model_from_status(status["model"])).ok:
+                problems.append(f"node {name} carries {key}={value} but cannot run it")
+    return problems
+
+
+class InvariantWatch:
+    """The safety invariant, checked every ``interval`` seconds in a thread while a fault test runs
+    (not only at its end): no VM admits a node that cannot run its revision, no node is labelled for
+    a revision it cannot run, no node label armcpu does not own changed, and every VM's user fields
+    are what the test wrote (armcpu's additions taken out by its record give the user's VM)."""
+
+    def __init__(self, admin: Kube, node_labels: dict[str, dict[str, str]], vm_bodies: dict[tuple[str, str], dict[str, Any]],
+                 interval: float = 0.5) -> None:
+        self.admin, self.node_labels, self.vm_bodies, self.interval = admin, node_labels, vm_bodies, interval
+        self.violations: list[str] = []
+        self.checks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> InvariantWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.violations += self.check()
+                self.checks += 1
+            except (ApiError, OSError):
+                pass  # the API server is down (a restart test): nothing to read, nothing violated
+            self._stop.wait(self.interval)
+
+    def check(self) -> list[str]:
+        found = unsafe_vms(self.admin) + stale_labels(self.admin)
+        for node in self.admin.get("/api/v1/nodes")["items"]:
+            name = node["metadata"]["name"]
+            foreign = {k: v for k, v in (node["metadata"].get("labels") or {}).items() if not (keys.is_agent_key(k) or keys.is_model_key(k))}
+            if name in self.node_labels and foreign != self.node_labels[name]:
+                found.append(f"node {name}: labels armcpu does not own are {foreign}, the test wrote {self.node_labels[name]}")
+        listed = {(vm["metadata"]["namespace"], vm["metadata"]["name"]): vm
+                  for namespace in sorted({ns for ns, _ in self.vm_bodies})
+                  for vm in self.admin.get(f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines")["items"]}
+        for (namespace, name), body in self.vm_bodies.items():
+            vm = listed.get((namespace, name))
+            if vm is None:
+                continue
+            users = vms.strip(vm)
+            for path in (("metadata", "labels"), ("spec", "template", "spec", "affinity"), *vms.ROOTS):
+                got, want = _subtree(users, path), _subtree(body, path)
+                if got != want:
+                    found.append(f"vm {namespace}/{name}: {'.'.join(path)} is {json.dumps(got)[:160]}, the test wrote {json.dumps(want)[:160]}")
+        return found
+
+
+def _subtree(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj

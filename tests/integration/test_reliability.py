@@ -4,6 +4,7 @@ editing the same Nodes and VMs at the same time. Each ends with the safety invar
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from armcpu_operator import executor
 from armcpu_operator.planning import vms
 from armcpu_testing.controlplane import ControlPlane, free_port, running
 from tests.helpers import REPO
-from tests.operator_harness import OPERATOR_USER, add_node, assert_safe_and_converged, converged, http_get, running_operator, wait_for
+from tests.operator_harness import OPERATOR_USER, InvariantWatch, add_node, assert_safe_and_converged, converged, http_get, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
@@ -55,8 +56,12 @@ def _status(admin: Kube, name: str) -> dict[str, Any]:
     return status
 
 
+# CI: one restart; the long mode (scripts/faults-long.sh) restarts them 10 times within one convergence.
+RESTARTS = int(os.environ.get("ARMCPU_RESTARTS", "1"))
+
+
 def test_api_server_and_etcd_restart_mid_reconcile() -> None:
-    """Both killed (SIGKILL: a crash, not a drain) while the operator labels nodes and patches VMs:
+    """Both killed (SIGKILL: a crash, not a drain), ``RESTARTS`` times, while the operator labels nodes and patches VMs:
     operator and agent recover without restarting, every node and VM ends right, and no VM is patched
     twice (a write whose response was lost is retried with its `test` operations, which refuse it)."""
     pool, ns = "restart", "restart"
@@ -74,15 +79,20 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
         nodes.append("r-agent")
         try:
             wait_for(lambda: admin.get_or_none("/apis/armcpu.io/v1alpha1/nodecpuprofiles/r-agent") is not None, 20, "the agent's profile")
-            with running_operator(plane, identity="restart", webhook=False) as operator:
+            bodies = {(ns, name): _vm(name, pool) for name in vm_names}
+            users = {name: {"pool": pool} for name in nodes}
+            with running_operator(plane, identity="restart", webhook=False) as operator, InvariantWatch(admin, users, bodies) as watch:
                 admin.create(CPUMODELS, _model(pool))
-                time.sleep(0.4)  # mid-convergence
-                outage = plane.restart(kill=True, down_seconds=2.0)
+                outage = 0.0
+                for _ in range(RESTARTS):  # all within one convergence: the first after 0.4 s, the next as soon as it is back
+                    time.sleep(0.4)
+                    outage += plane.restart(kill=True, down_seconds=2.0)
                 wait_for(lambda: _status(admin, pool).get("vms", {}).get("current") == len(vm_names), 90, "convergence after the restart")
                 # a write cut off by the crash is retried a few seconds later: labels and VMs must get there
                 wait_for(lambda: converged(admin, pool, nodes, vm_names, ns), 30, "every label and VM patch after the restart")
                 assert operator.proc.poll() is None and agent.poll() is None, "neither restarted"
                 assert_safe_and_converged(admin, pool, nodes, vm_names, ns)
+                assert watch.checks >= 1 and watch.violations == [], watch.violations[:5]
                 probes_before = _agent_probes(port)
                 wait_for(lambda: _agent_probes(port) > probes_before, 10, "the agent probing again")
                 assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
@@ -93,8 +103,8 @@ def test_api_server_and_etcd_restart_mid_reconcile() -> None:
             # server died before logging them, and their retry (or the watch) found them already applied.
             # The operator has at most WRITE_CONCURRENCY VM writes in flight.
             missing = set(vm_names) - set(patched)
-            assert len(missing) <= executor.WRITE_CONCURRENCY, f"{len(missing)} VM writes missing from the audit log: {sorted(missing)}"
-            print(f"API server and etcd unavailable for {outage:.1f}s")
+            assert len(missing) <= RESTARTS * executor.WRITE_CONCURRENCY, f"{len(missing)} VM writes missing from the audit log: {sorted(missing)}"
+            print(f"API server and etcd restarted {RESTARTS} times, unavailable for {outage:.1f}s in all; {watch.checks} invariant checks")
         finally:
             agent.kill()
             agent.wait(timeout=10)
