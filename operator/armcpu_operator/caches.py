@@ -88,6 +88,7 @@ class Caches:
     vms_listed: asyncio.Event = field(default_factory=asyncio.Event)
     vmis_listed: asyncio.Event = field(default_factory=asyncio.Event)
     garbage: asyncio.Event = field(default_factory=asyncio.Event)  # set: a CpuModel went; look for what it left
+    scope: asyncio.Event = field(default_factory=asyncio.Event)  # set: a vmSelector changed; narrow the VM webhook again
 
     def listed(self) -> bool:
         """Every directly watched collection has been listed once: a reconcile starts from a full view."""
@@ -195,6 +196,7 @@ class Caches:
         if self.model_event(name, generation, deleted):
             self.trigger(name)
         if claims_before != self.vm_selectors:
+            self.scope.set()
             for model in sorted(self.vm_selectors.keys() - {name}):
                 self.trigger(model)
 

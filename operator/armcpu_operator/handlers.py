@@ -22,7 +22,7 @@ import kopf
 from armcpu_k8s.group import GROUP, VERSION
 from armcpu_k8s.kube import Kube
 from armcpu_k8s.resources import NODECPUPROFILES, NODES, VMIS, VMS
-from armcpu_operator import listwatch, reconciler
+from armcpu_operator import listwatch, reconciler, webhookscope
 from armcpu_operator.caches import Caches, ProfileParser
 from armcpu_operator.planning import admission, vms
 from armcpu_operator.runtime import RUNTIME
@@ -113,6 +113,8 @@ async def start_watches(**_: Any) -> None:
     for watch in WATCHES:
         watch.start()
     TASKS[:] = [asyncio.create_task(reconciler.garbage_loop(_kube(), CACHES, RUNTIME), name="garbage")]
+    if RUNTIME.vm_webhook_configuration:
+        TASKS.append(asyncio.create_task(webhookscope.loop(_kube(), CACHES, RUNTIME, RUNTIME.vm_webhook_configuration), name="scope"))
 
 
 @kopf.on.cleanup()

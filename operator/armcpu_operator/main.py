@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between checks of the certificate files; changed files (a renewed Secret) are served from then on")
     p.add_argument("--webhook-config", default="", help="let the operator create and own a ValidatingWebhookConfiguration of this name "
                    "(default: none; the Helm chart ships its own)")
+    p.add_argument("--vm-webhook-configuration", default="",
+                   help="the MutatingWebhookConfiguration holding the mutate-vm.armcpu.io webhook: the operator keeps its matchConditions "
+                        "to the VMs some CpuModel selects, so other VM writes never wait for it (default: the --webhook-config one)")
     p.add_argument("command", nargs="?", choices=("run", "cleanup"), default="run",
                    help="run (default), or cleanup: restore every VM armcpu patched, remove every armcpu label and unused "
                         "domain hook ConfigMap, and exit (the chart's uninstall hook)")
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     RUNTIME.resync_seconds = args.resync
     RUNTIME.kernel_verification = args.kernel_verification
     RUNTIME.vmm = Vmm(sysreg=args.vmm_sysreg, impl_cpu=args.vmm_impl_cpu)
+    RUNTIME.vm_webhook_configuration = args.vm_webhook_configuration or args.webhook_config or None
     if args.webhook_config and "." not in args.webhook_config:
         log.error("--webhook-config must be a domain such as armcpu.io: webhook names (<handler>.<config>) need three dot-separated parts")
         return 2

@@ -29,6 +29,7 @@ class Runtime:
     kernel_verification: str = "Required"  # --kernel-verification: Required or Advisory (armcpu_operator.plan)
     vmm: Vmm = field(default_factory=Vmm)  # --vmm-sysreg / --vmm-impl-cpu: what the cluster's QEMU can do
     debounce_seconds: float = 0.2
+    vm_webhook_configuration: str | None = None  # --vm-webhook-configuration: whose mutate-vm webhook's matchConditions armcpu keeps
     extra: dict[str, object] = field(default_factory=dict)
 
 

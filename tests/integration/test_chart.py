@@ -198,7 +198,7 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     admin.create("/api/v1/namespaces/default/configmaps", stale)
     mark = control_plane.audit_mark()
     with running_operator(control_plane, identity="chart-op", webhook=False, kubeconfig=kubeconfig, namespace=NS,
-                          extra=("--lease-name", account)):
+                          extra=("--lease-name", account, "--vm-webhook-configuration", f"{RELEASE}-virtualmachines")):
         for namespace in ("default", "chart-hook"):
             control_plane.kubectl("apply", "-f", "-", input=VM.format(name="chart-vm", app="chart-op", namespace=namespace))
         admin.create("/apis/armcpu.io/v1alpha1/cpumodels", {
@@ -229,7 +229,7 @@ def test_operator_rbac_is_enough_and_all_used(control_plane: ControlPlane, admin
     used, refused = _used(control_plane, mark, user)
     assert [(e["verb"], e["objectRef"]) for e in refused if e["verb"] not in ("delete",) and e["objectRef"].get("resource") != "secrets"] == []
     granted = _granted(control_plane, "templates/operator-rbac.yaml")
-    assert len(granted) == 22
+    assert len(granted) == 24
     assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
     assert "cpumodel.armcpu.io/chart-op" not in admin.get("/api/v1/nodes/chart-op-a")["metadata"]["labels"]
 

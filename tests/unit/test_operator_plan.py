@@ -474,3 +474,23 @@ def test_what_a_model_that_no_longer_exists_left_is_garbage() -> None:
     assert worlds.orphaned_models(world, {"live", "gone", "other-gone", "vm-only"}) == []
     removal = worlds.plan_removal(world, "gone")
     assert removal.label_changes == {"n1": {"start.cpumodel.armcpu.io/gone": None}, "n2": {"r3.cpumodel.armcpu.io/gone": None}}
+
+
+def test_the_vm_webhook_condition_covers_every_claim_and_nothing_else() -> None:
+    """The CEL itself is evaluated by the real API server in tests/integration/test_webhook_scope.py;
+    here: which claims go into it."""
+    from armcpu_operator.planning import admission
+    from armcpu_operator.webhookscope import patch_for
+
+    assert admission.vm_webhook_condition({}) == "false"
+    assert admission.vm_webhook_condition({"a": None, "b": [{}], "c": {"matchLabels": {"bad key": "x"}}}) == "false"
+    both = admission.vm_webhook_condition({"a": [{"matchLabels": {"app": "web"}}, {"matchLabels": {"app": "db"}}], "b": {"matchLabels": {"app": "web"}}})
+    assert both.count(" || ") == 1 and '"web"' in both and '"db"' in both, "the same selector twice is one term"
+    many = {f"m{i}": {"matchLabels": {"app": f"app-{i}-" + "x" * 40}} for i in range(200)}
+    assert admission.vm_webhook_condition(many) == "true", "too long: every VM goes to the webhook again"
+    config = {"webhooks": [{"name": "other.example.com"}, {"name": admission.VM_WEBHOOK, "matchConditions": []}]}
+    ops = patch_for(config, "false")
+    assert ops == [{"op": "test", "path": "/webhooks/1/name", "value": admission.VM_WEBHOOK},
+                   {"op": "add", "path": "/webhooks/1/matchConditions", "value": [{"name": admission.VM_CONDITION, "expression": "false"}]}]
+    config["webhooks"][1]["matchConditions"] = ops[1]["value"]
+    assert patch_for(config, "false") is None, "already there: nothing written"

@@ -8,6 +8,7 @@ is invalid or not computed yet moves no VM, at admission or in the reconciler.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -147,3 +148,46 @@ def constrain_boot_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     meta = out.setdefault("metadata", {})
     meta["annotations"] = {**(meta.get("annotations") or {}), PLACEMENT_ANNOTATION: ",".join(sorted(adding))}
     return out
+
+
+VM_WEBHOOK = "mutate-vm.armcpu.io"  # the VM webhook's name, in the chart's configuration and in kopf's
+VM_CONDITION = "selected-by-a-cpumodel"
+MAX_CONDITION_CHARS = 10_000  # beyond this the API server is asked to call for every VM again (CEL's cost stays small)
+_LABELS = "object.metadata.labels"
+
+
+def vm_webhook_condition(claims: Mapping[str, vms.Claim]) -> str:
+    """The CEL expression the API server evaluates before calling the VM webhook: true for a VM some
+    CpuModel's vmSelector (in effect, or asked for) matches, the only VMs the webhook can change.
+
+    Without it every VM create and update in the cluster went to the webhook, so while the operator
+    hung each one waited the webhook's timeout, selected or not. A selector that selects nothing here
+    (empty, or malformed: :func:`armcpu_k8s.selectors.check`) adds nothing; no models: ``false``; too
+    many terms: ``true`` (every VM is sent, as before)."""
+    terms = set()
+    for claim in claims.values():
+        for selector in [claim] if isinstance(claim, Mapping) else list(claim or []):
+            if selector and not selectors.check(selector, "vmSelector"):
+                terms.add(_cel(selector))
+    if not terms:
+        return "false"
+    expression = " || ".join(f"({term})" for term in sorted(terms))
+    return expression if len(expression) <= MAX_CONDITION_CHARS else "true"
+
+
+def _cel(selector: Mapping[str, Any]) -> str:
+    """One label selector as CEL over the admitted object's labels (an object without labels has none)."""
+
+    def q(text: str) -> str:
+        return json.dumps(text)  # a JSON string is a CEL string literal (\u escapes included)
+
+    def has(key: str) -> str:
+        return f"(has({_LABELS}) && {q(key)} in {_LABELS})"
+
+    parts = [f"({has(k)} && {_LABELS}[{q(k)}] == {q(v)})" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], "[" + ", ".join(q(v) for v in expr.get("values") or []) + "]"
+        parts.append({"In": f"({has(key)} && {_LABELS}[{q(key)}] in {values})",
+                      "NotIn": f"(!{has(key)} || !({_LABELS}[{q(key)}] in {values}))",
+                      "Exists": has(key), "DoesNotExist": f"!{has(key)}"}[op])
+    return " && ".join(parts)
