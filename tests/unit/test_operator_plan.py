@@ -15,7 +15,8 @@ from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict, to_dict
 from armcpu_k8s import labels, selectors
 from armcpu_operator.caches import Caches
-from armcpu_operator.planning import plan, spec, vms
+from armcpu_operator.webhookscope import patch_for
+from armcpu_operator.planning import admission, plan, spec, vms
 from armcpu_operator.planning import world as worlds
 from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import CPUS
@@ -479,12 +480,10 @@ def test_what_a_model_that_no_longer_exists_left_is_garbage() -> None:
 def test_the_vm_webhook_condition_covers_every_claim_and_nothing_else() -> None:
     """The CEL itself is evaluated by the real API server in tests/integration/test_webhook_scope.py;
     here: which claims go into it."""
-    from armcpu_operator.planning import admission
-    from armcpu_operator.webhookscope import patch_for
-
     assert admission.vm_webhook_condition({}) == "false"
     assert admission.vm_webhook_condition({"a": None, "b": [{}], "c": {"matchLabels": {"bad key": "x"}}}) == "false"
-    both = admission.vm_webhook_condition({"a": [{"matchLabels": {"app": "web"}}, {"matchLabels": {"app": "db"}}], "b": {"matchLabels": {"app": "web"}}})
+    web, db = {"matchLabels": {"app": "web"}}, {"matchLabels": {"app": "db"}}
+    both = admission.vm_webhook_condition({"a": [web, db], "b": web})
     assert both.count(" || ") == 1 and '"web"' in both and '"db"' in both, "the same selector twice is one term"
     many = {f"m{i}": {"matchLabels": {"app": f"app-{i}-" + "x" * 40}} for i in range(200)}
     assert admission.vm_webhook_condition(many) == "true", "too long: every VM goes to the webhook again"
