@@ -15,9 +15,9 @@ from armcpu import model as algebra
 from armcpu.profile import Profile, from_dict, to_dict
 from armcpu_k8s import labels, selectors
 from armcpu_operator.caches import Caches
-from armcpu_operator.webhookscope import patch_for
 from armcpu_operator.planning import admission, plan, spec, vms
 from armcpu_operator.planning import world as worlds
+from armcpu_operator.webhookscope import patch_for
 from armcpu_testing.fixtures import host_618_profile
 from tests.helpers import CPUS
 
