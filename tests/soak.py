@@ -5,8 +5,8 @@ Nodes join and leave, their profiles change kernel and cache geometry, VMs are c
 operator (a real process) is restarted now and then, SIGTERM or SIGKILL. All the while a checker
 reads the cluster every few seconds and counts violations of the safety invariant:
 
-- no VM armcpu dressed admits a node that cannot run the revision it names
-  (:func:`tests.operator_harness.unsafe_vms`);
+- no VM armcpu dressed admits a node that cannot run the revision it names, and no node is labelled
+  for a revision it cannot run (:class:`tests.operator_harness.InvariantWatch`, as in the fault tests);
 - no node label armcpu does not own differs from what the "users" last wrote;
 - every VM's user fields are what the "users" last wrote (what armcpu added taken out by its own
   record, :func:`armcpu_operator.planning.vms.strip`, gives the user's VM byte for byte).
@@ -38,7 +38,7 @@ from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
 from armcpu_operator.planning import vms
 from armcpu_testing.controlplane import ControlPlane, running
 from node_agent.publish import publish
-from tests.operator_harness import OPERATOR_USER, OperatorProcess, converged, make_profile, running_operator, unsafe_vms
+from tests.operator_harness import OPERATOR_USER, InvariantWatch, OperatorProcess, converged, make_profile, running_operator
 
 CPUS = ["kvm-guest/graviton3-neoverse-v1-host6.18.json", "kvm-guest/graviton4-neoverse-v2-host6.18.json"]
 KERNELS = ["6.18.30", "6.12.40"]
@@ -47,7 +47,6 @@ NS = "soak"
 CPUMODELS = "/apis/armcpu.io/v1alpha1/cpumodels"
 VM_PATH = f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines"
 VMI_PATH = f"/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances"
-USER_SUBTREES = (("metadata", "labels"), ("spec", "template", "spec", "affinity"), *vms.ROOTS)
 
 
 def _vm(name: str, pool: str, zone: str) -> dict[str, Any]:
@@ -63,14 +62,6 @@ def _model(pool: str, sve_off: bool) -> dict[str, Any]:
     return {"apiVersion": "armcpu.io/v1alpha1", "kind": "CpuModel", "metadata": {"name": pool},
             "spec": {"nodeSelector": {"matchLabels": {"pool": pool}}, "vmSelector": {"matchLabels": {"pool": pool}},
                      "updatePolicy": "Follow", **({"features": {"FEAT_SVE": "Disabled"}} if sve_off else {})}}
-
-
-def _sub(obj: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
 
 
 @dataclasses.dataclass
@@ -253,27 +244,8 @@ class Soak:
             return self._violations()
 
     def _violations(self) -> list[str]:
-        found = list(unsafe_vms(self.admin))
-        want_nodes = {n: dict(v) for n, v in self.nodes.items()}
-        want_vms = {n: json.loads(json.dumps(v)) for n, v in self.vms.items()}
-        for node in self.admin.get("/api/v1/nodes")["items"]:
-            name = node["metadata"]["name"]
-            foreign = {k: v for k, v in (node["metadata"].get("labels") or {}).items()
-                       if not (keys.is_agent_key(k) or keys.is_model_key(k))}
-            if name in want_nodes and foreign != want_nodes[name]:
-                found.append(f"node {name}: labels armcpu does not own are {foreign}, the users wrote {want_nodes[name]}")
-        for vm in self.admin.get(VM_PATH)["items"]:
-            name = vm["metadata"]["name"]
-            if name not in want_vms:
-                continue
-            users = vms.strip(vm)
-            for path in USER_SUBTREES:
-                got, want = _sub(users, path), _sub(want_vms[name], path)
-                if path == ("metadata", "annotations"):
-                    got = {k: v for k, v in (got or {}).items() if not k.startswith("kopf")} or None
-                if got != want:
-                    found.append(f"vm {name}: {'.'.join(path)} is {json.dumps(got)[:200]}, the user wrote {json.dumps(want)[:200]}")
-        return found
+        bodies = {(NS, name): body for name, body in self.vms.items()}
+        return InvariantWatch(self.admin, dict(self.nodes), bodies).check()
 
     def converged_now(self) -> bool:
         existing = {m["metadata"]["name"] for m in self.admin.get(CPUMODELS)["items"]}
