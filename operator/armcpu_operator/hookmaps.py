@@ -31,6 +31,17 @@ def held_namespaces(kube: Kube) -> dict[str, str]:
             for item in found.get("items") or [] if item["metadata"]["name"] == vms.HOOK_CONFIGMAP}
 
 
+def _ours(kube: Kube, namespace: str) -> bool:
+    """Whether the ConfigMap under the hook's name in ``namespace`` carries armcpu's labels."""
+    try:  # a list, not a get: armcpu's RBAC lists ConfigMaps and never reads one by name
+        found = kube.request("GET", CONFIGMAPS.collection(namespace), query={"fieldSelector": f"metadata.name={vms.HOOK_CONFIGMAP}"})
+    except (ApiError, OSError):
+        return True  # unknown: list again rather than call it someone else's
+    items = found.get("items") or []
+    found_labels = ((items[0].get("metadata") or {}).get("labels") or {}) if items else {}
+    return not items or all(found_labels.get(k) == v for k, v in hooks.LABELS.items())
+
+
 def apply(kube: Kube, changes: hooks.Changes, held: dict[str, str]) -> bool:
     """Send ``changes``; ``held`` follows what now exists. False when something must be retried.
     Each failure is judged by :func:`armcpu_k8s.kube.outcome`, the one error policy."""
@@ -39,7 +50,11 @@ def apply(kube: Kube, changes: hooks.Changes, held: dict[str, str]) -> bool:
         try:
             kube.create(CONFIGMAPS.collection(ns), hooks.configmap(ns, SCRIPT))
         except (ApiError, OSError) as exc:
-            if outcome(exc) == CONFLICT:  # not ours (ours carry LABELS and were listed): never overwrite it
+            if outcome(exc) == CONFLICT and _ours(kube, ns):
+                # ours, made after our list (by another armcpu, or our list is old): list again and update it
+                log.info("the domain hook ConfigMap exists already; listing again", extra={"namespace": ns})
+                ok = False
+            elif outcome(exc) == CONFLICT:  # not ours: never overwrite it
                 log.error("a ConfigMap armcpu does not own holds the domain hook's name; VMs there cannot start with the hook",
                           extra={"namespace": ns, "configmap": vms.HOOK_CONFIGMAP})
             else:
