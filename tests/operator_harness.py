@@ -176,16 +176,22 @@ def converged(admin: Kube, model_name: str, nodes: list[str], vm_names: list[str
     return True
 
 
-def unsafe_vms(admin: Kube) -> list[str]:
-    """The safety invariant over the whole cluster: for every VM armcpu patched whose model is computed,
-    every node its nodeSelector admits can run the model revision(s) the selector names (the current
-    one, and an older one a running VM still uses). Returns the violations."""
-    models = {m["metadata"]["name"]: m.get("status") or {} for m in admin.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]}
+def _profiles(admin: Kube) -> dict[str, Profile]:
+    """Every NodeCpuProfile the operator would accept, parsed as it parses them."""
     profiles = {}
     for item in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]:
         parsed = plan.parse_profile(item["metadata"]["name"], item.get("spec") or {})
         if isinstance(parsed, Profile):
             profiles[parsed.name] = parsed
+    return profiles
+
+
+def unsafe_vms(admin: Kube) -> list[str]:
+    """The safety invariant over the whole cluster: for every VM armcpu patched whose model is computed,
+    every node its nodeSelector admits can run the model revision(s) the selector names (the current
+    one, and an older one a running VM still uses). Returns the violations."""
+    models = {m["metadata"]["name"]: m.get("status") or {} for m in admin.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]}
+    profiles = _profiles(admin)
     nodes = admin.get("/api/v1/nodes")["items"]
     problems = []
     verdicts: dict[tuple[str, str, int], bool] = {}  # (node, model, revision): thousands of VMs share a handful
@@ -222,11 +228,7 @@ def unsafe_vms(admin: Kube) -> list[str]:
 def stale_labels(admin: Kube) -> list[str]:
     """Nodes labelled for a model's current revision that cannot run it (by its status)."""
     models = {m["metadata"]["name"]: m.get("status") or {} for m in admin.get("/apis/armcpu.io/v1alpha1/cpumodels")["items"]}
-    profiles = {}
-    for item in admin.get("/apis/armcpu.io/v1alpha1/nodecpuprofiles")["items"]:
-        parsed = plan.parse_profile(item["metadata"]["name"], item.get("spec") or {})
-        if isinstance(parsed, Profile):
-            profiles[parsed.name] = parsed
+    profiles = _profiles(admin)
     problems = []
     for node in admin.get("/api/v1/nodes")["items"]:
         name = node["metadata"]["name"]

@@ -22,7 +22,7 @@ import kopf
 
 from armcpu_k8s.kube import Kube
 from armcpu_k8s.resources import CPUMODELS
-from armcpu_operator import executor, hookmaps, metrics
+from armcpu_operator import executor, hookmaps, metrics, periodic
 from armcpu_operator.caches import Caches
 from armcpu_operator.planning import world as worlds
 from armcpu_operator.runtime import Runtime
@@ -137,15 +137,11 @@ async def collect_garbage(kube: Kube, caches: Caches, runtime: Runtime) -> list[
 async def garbage_loop(kube: Kube, caches: Caches, runtime: Runtime) -> None:
     """:func:`collect_garbage` at start, whenever a CpuModel is deleted (``caches.garbage``), and every
     resync period; a failure is logged and tried again at the next occasion."""
-    caches.garbage.set()
-    while True:
-        try:
-            await asyncio.wait_for(caches.garbage.wait(), timeout=runtime.resync_seconds)
-        except TimeoutError:
-            pass
-        caches.garbage.clear()
-        await asyncio.sleep(runtime.debounce_seconds)
+
+    async def step() -> None:
         try:
             await collect_garbage(kube, caches, runtime)
         except Exception as exc:  # the next deletion or resync tries again
             log.exception("garbage collection failed", extra={"error": str(exc)})
+
+    await periodic.whenever(caches.garbage, runtime, step)

@@ -16,6 +16,7 @@ from typing import Any
 
 from armcpu_k8s.kube import ApiError, Kube
 from armcpu_k8s.resources import CPUMODELS, MUTATING_WEBHOOKS
+from armcpu_operator import periodic
 from armcpu_operator.caches import Caches
 from armcpu_operator.planning import admission
 from armcpu_operator.runtime import Runtime
@@ -57,16 +58,12 @@ async def claims_now(kube: Kube) -> dict[str, Any]:
 
 async def loop(kube: Kube, caches: Caches, runtime: Runtime, name: str) -> None:
     """:func:`sync` at start, whenever a vmSelector changes (``caches.scope``) and every resync period."""
-    caches.scope.set()
-    while True:
-        try:
-            await asyncio.wait_for(caches.scope.wait(), timeout=runtime.resync_seconds)
-        except TimeoutError:
-            pass
-        caches.scope.clear()
-        await asyncio.sleep(runtime.debounce_seconds)
+
+    async def step() -> None:
         try:
             await sync(kube, name, admission.vm_webhook_condition(await claims_now(kube)))
         except (ApiError, OSError) as exc:
             log.warning("cannot write the VM webhook's matchConditions; trying again", extra={"configuration": name, "error": str(exc)})
             asyncio.get_running_loop().call_later(5.0, caches.scope.set)
+
+    await periodic.whenever(caches.scope, runtime, step)
