@@ -472,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plane.kubectl("get", "crds").stdout)
             if args.check:
                 return 0
-            print("Ctrl-C or SIGTERM stops it and removes everything it started.", flush=True)
-            wait_until_stopped()
+            wait_until_stopped("Ctrl-C or SIGTERM stops it and removes everything it started.")
     except Stopped as stopped:
         return 128 + stopped.signum
     return 0

@@ -216,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"armcpu-demo: {exc}") from None
             say(f"Done in {time.monotonic() - start:.0f}s")
             if args.keep:
-                print(f"export KUBECONFIG={show.plane.kubeconfig}\nThe cluster, agents and operator run until Ctrl-C or SIGTERM.",
-                      flush=True)
-                wait_until_stopped()
+                wait_until_stopped(f"export KUBECONFIG={show.plane.kubeconfig}\n"
+                                   "The cluster, agents and operator run until Ctrl-C or SIGTERM.")
     except Stopped as stopped:  # SIGTERM before the demo was done: everything it started is stopped all the same
         print(f"Stopped ({stopped}) before the end; nothing left running.")
         return 128 + stopped.signum

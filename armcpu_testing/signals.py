@@ -40,8 +40,14 @@ def stopping_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def wait_until_stopped() -> None:
-    """Sleep until Ctrl-C, SIGTERM or SIGHUP (inside :func:`stopping_on_signals`)."""
+def wait_until_stopped(announcement: str) -> None:
+    """Print ``announcement``, then sleep until Ctrl-C, SIGTERM or SIGHUP (inside :func:`stopping_on_signals`).
+
+    The announcement is printed inside the waiting block: whoever reads it and signals at once (a test,
+    a supervisor) must get the normal end, not a ``Stopped`` raised between the print and the wait
+    (CI saw exit 143 instead of 0 that way).
+    """
     with contextlib.suppress(KeyboardInterrupt, Stopped):
+        print(announcement, flush=True)
         while True:
             signal.pause()
