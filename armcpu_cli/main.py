@@ -1,4 +1,4 @@
-"""``armcpu``: baseline, describe, diff, check, models, features.
+"""``armcpu``: baseline, advise, describe, diff, check, models, features.
 
 Human output is a plain table; ``-o json`` is a stable object for scripts. Every input error
 exits with status 2 and a message that names the file and the field.
@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
-from armcpu import features, hwcaps, identity, midr, named_models, pool
+from armcpu import advisor, features, hwcaps, identity, midr, named_models, pool
 from armcpu import guarantee as guarantees
 from armcpu.model import Applied, CombineResult, Model, SettingError, can_run, diff, model_of
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
+from armcpu_cli import advise as advise_view
+from armcpu_k8s import manifests
 
 
 class CliError(Exception):
@@ -165,6 +167,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0 if result.feasible else 1
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    profiles = [load_profile(p, args.assume_kvm) for p in args.profiles]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise CliError(f"two profiles name the same node: {', '.join(twice[:3])} (each node once)")
+    advice = advisor.advise(profiles)
+    if args.manifests:
+        folder = Path(args.manifests)
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in advice.proposals:
+            manifest = manifests.cpumodel(p, advice.classes)
+            (folder / f"{manifest['metadata']['name']}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    if args.output in ("json", "yaml"):
+        _emit(advise_view.to_dict(advice), args.output)
+    else:
+        print(advise_view.table(advice, profiles))
+    return 0 if advice.proposals else 1
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     p = load_profile(args.profile)
     ident = midr.decode(p.midr)
@@ -264,7 +286,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="armcpu", description="Common CPU models for arm64 hosts, from profile files (docs/profile-format.md); no cluster needed.",
-        epilog="Exit status: 0 done (check: the node can run the model), 1 check refused or pool infeasible, 2 bad input.")
+        epilog="Exit status: 0 done (check: the node can run the model), 1 check refused, pool infeasible or no pool to propose, 2 bad input.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def out(p: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
@@ -286,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cluster's QEMU accepts -M virt,impl-cpu.N.* and enables cap 239 (no released QEMU does)")
     out(b, ("table", "json", "yaml", "qemu"))
     b.set_defaults(func=cmd_baseline)
+
+    a = sub.add_parser("advise", help="which pools to declare: classes, the migration matrix, proposed pools")
+    a.add_argument("profiles", nargs="+", metavar="PROFILE.json", help="one per node (kubectl get ncp NODE -o json | jq .spec)")
+    a.add_argument("--assume-kvm", action="store_true",
+                   help="for profiles without writable masks, assume a Linux 6.18-era KVM")
+    a.add_argument("--manifests", metavar="DIR", help="also write each proposal's CpuModel as DIR/<name>.yaml")
+    out(a, ("table", "json", "yaml"))
+    a.set_defaults(func=cmd_advise)
 
     d = sub.add_parser("describe", help="a CPU in words: MIDR decoded and its FEAT list")
     d.add_argument("profile", metavar="PROFILE.json")

@@ -17,6 +17,7 @@ DOMAIN = "armcpu.io"
 FINGERPRINT = f"{DOMAIN}/fingerprint"
 CPU = f"{DOMAIN}/cpu"
 PROBE = f"{DOMAIN}/probe"
+KERNEL_SERIES = f"{DOMAIN}/kernel-series"  # e.g. 6.12: guests move only between nodes of one series (armcpu.migration)
 FEATURE_PREFIX = f"feature.{DOMAIN}/"
 AGENT_PREFIXES = (f"{DOMAIN}/", FEATURE_PREFIX)
 MODEL_PREFIX = f"cpumodel.{DOMAIN}/"

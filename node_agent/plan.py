@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from armcpu import features, midr
+from armcpu import features, midr, migration
 from armcpu.profile import MAX_VERIFICATIONS, Profile, ProfileError, from_dict, to_dict
 from armcpu.verification import verification_key
 from armcpu_k8s import group, labels, selectors
@@ -30,6 +30,7 @@ def desired_labels(profile: Profile, feature_labels: bool = False) -> dict[str, 
         labels.FINGERPRINT: profile.fingerprint,
         labels.CPU: cpu_label(profile),
         labels.PROBE: profile.probe or "unknown",
+        labels.KERNEL_SERIES: migration.kernel_series(profile.kernel) or "unknown",
     }
     if feature_labels:
         for name in features.decode(profile.registers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from hypothesis import given
@@ -34,7 +35,9 @@ def test_label_patch_touches_only_agent_keys_and_reaches_desired(current: dict[s
 
 def test_desired_labels() -> None:
     got = plan.desired_labels(G4)
-    assert got == {"armcpu.io/fingerprint": G4.fingerprint, "armcpu.io/cpu": "arm-neoverse-v2", "armcpu.io/probe": "unknown"}
+    assert got == {"armcpu.io/fingerprint": G4.fingerprint, "armcpu.io/cpu": "arm-neoverse-v2", "armcpu.io/probe": "unknown",
+                   "armcpu.io/kernel-series": "unknown"}
+    assert plan.desired_labels(dataclasses.replace(G4, kernel="6.12.117+deb13-arm64"))["armcpu.io/kernel-series"] == "6.12"
     with_features = plan.desired_labels(G4, feature_labels=True)
     assert with_features["feature.armcpu.io/FEAT_SHA3"] == "true" and "feature.armcpu.io/FEAT_SM4" not in with_features
     assert all(len(k.split("/", 1)[1]) <= 63 for k in with_features)
