@@ -59,12 +59,15 @@ def _proposal(p: advisor.Proposal, classes: Sequence[advisor.NodeClass]) -> dict
     }
 
 
-def table(advice: advisor.Advice, profiles: Sequence[Profile]) -> str:
-    """The human view: classes, each stack's matrix, the proposals with their sentences, the notes."""
-    out = [f"{len(profiles)} node(s) in {len(advice.classes)} class(es)", ""]
+def classes_table(advice: advisor.Advice) -> list[str]:
     rows = [["CLASS", "NODES", "CPU", "KERNEL", "FEATS", "FINGERPRINT"]]
     rows += [[c.id, str(len(c.members)), c.cpu[:24], c.kernel_series, str(len(c.features)), c.fingerprint] for c in advice.classes]
-    out += [*_table(rows), ""]
+    return _table(rows)
+
+
+def matrix_table(advice: advisor.Advice) -> list[str]:
+    """Each stack's matrix, ``yes`` where a VM started on the row's class may migrate to the column's."""
+    out: list[str] = []
     ids = [c.id for c in advice.classes]
     for stack in advisor.STACKS:
         out += textwrap.wrap(f"May a VM started on ROW migrate to COLUMN? On {stack.description}:", WIDTH)
@@ -74,16 +77,23 @@ def table(advice: advisor.Advice, profiles: Sequence[Profile]) -> str:
             continue
         cells = {(c.source, c.target): c.ok for c in advice.matrix[stack.name]}
         out.append("      " + "".join(f"{i:>4}" for i in ids))
-        for a in ids:
-            out.append(f"{a:<6}" + "".join(f"{'yes' if cells[(a, b)] else '-':>4}" for b in ids))
+        out += [f"{a:<6}" + "".join(f"{'yes' if cells[(a, b)] else '-':>4}" for b in ids) for a in ids]
         out.append("")
+    return out
+
+
+def table(advice: advisor.Advice, profiles: Sequence[Profile], wide: bool = False) -> str:
+    """The human view: classes, each stack's matrix, the proposals with their sentences, the notes.
+    ``wide`` lists every node of a proposal instead of a count."""
+    out = [f"{len(profiles)} node(s) in {len(advice.classes)} class(es)", "", *classes_table(advice), "", *matrix_table(advice)]
     out.append(f"{len(advice.proposals)} proposed pool(s), per kernel series, fewest nodes first:")
     for p in advice.proposals:
         manifest = manifests.cpumodel(p, advice.classes)
         out += textwrap.wrap(f"- {manifest['metadata']['name']} (Linux {p.island}, {manifest['spec']['enforcement']}), "
                              f"fingerprint {p.model.fingerprint}", WIDTH, subsequent_indent="    ")
         out += textwrap.wrap(p.explanation, WIDTH, initial_indent="    ", subsequent_indent="    ")
-        out += textwrap.wrap(f"nodes: {_members(p.nodes)}", WIDTH, initial_indent="    ", subsequent_indent="      ")
+        nodes = ", ".join(p.nodes) if wide else _members(p.nodes)
+        out += textwrap.wrap(f"nodes: {nodes}", WIDTH, initial_indent="    ", subsequent_indent="      ")
     if advice.notes:
         out.append("")
         for note in advice.notes:

@@ -23,6 +23,8 @@ AGENT_PREFIXES = (f"{DOMAIN}/", FEATURE_PREFIX)
 MODEL_PREFIX = f"cpumodel.{DOMAIN}/"
 START_PREFIX = f"start.{MODEL_PREFIX}"
 _REVISION_KEY = re.compile(rf"^r([1-9][0-9]*)\.cpumodel\.{re.escape(DOMAIN)}/(.+)$")
+# On a VM's template (and so on its VMI): the model, revision and fingerprint it is dressed for
+VM_MODEL, VM_REVISION, VM_FINGERPRINT = f"{DOMAIN}/cpumodel", f"{DOMAIN}/revision", f"{DOMAIN}/fingerprint"
 FOREIGN_PREFIXES = ("kubevirt.io/", "node-labeller.kubevirt.io/", "cpu-model.node.kubevirt.io/", "feature.node.kubernetes.io/")
 
 

@@ -23,10 +23,11 @@ from armcpu import guarantee as guarantees
 from armcpu import identity
 from armcpu import model as algebra
 from armcpu import pool as pools
-from armcpu.profile import Core, Profile, ProfileError, from_dict, hex64
+from armcpu.profile import Profile, ProfileError, from_dict, hex64
 from armcpu.verification import KernelVerdict, verification_key
 from armcpu_k8s import labels as keys
 from armcpu_k8s import selectors
+from armcpu_k8s.status import model_from_status
 from armcpu_operator.planning import spec as specs
 
 MAX_LISTED_NODES = 20
@@ -140,12 +141,6 @@ def model_to_status(model: algebra.Model, rendered: Rendered) -> dict[str, Any]:
         "domainRewrite": "Needed" if rendered.rewrite_needed else "NotNeeded",
         "members": list(model.members),
     }
-
-
-def model_from_status(data: Mapping[str, Any]) -> algebra.Model:
-    regs = {k: int(v, 16) for k, v in (data.get("registers") or {}).items()}
-    targets = tuple(Core(midr=int(t["midr"], 16), revidr=int(t["revidr"], 16), aidr=int(t["aidr"], 16)) for t in data.get("implementations") or [])
-    return algebra.Model(registers=regs, targets=targets, members=tuple(data.get("members") or ()))
 
 
 def _condition(old: Sequence[Mapping[str, Any]], ctype: str, status: str, reason: str, message: str, generation: int | None,

@@ -35,7 +35,7 @@ from armcpu_k8s import api, domain_hook, selectors
 from armcpu_k8s import labels as keys
 
 RECORD = f"{keys.DOMAIN}/applied"
-T_MODEL, T_REVISION, T_FINGERPRINT = f"{keys.DOMAIN}/cpumodel", f"{keys.DOMAIN}/revision", f"{keys.DOMAIN}/fingerprint"
+T_MODEL, T_REVISION, T_FINGERPRINT = keys.VM_MODEL, keys.VM_REVISION, keys.VM_FINGERPRINT
 LIBVIRT_FEATURES = ("sve", "pauth")
 HOOK_SIDECARS = "hooks.kubevirt.io/hookSidecars"
 HOOK_ANNOTATION = domain_hook.CPU_ANNOTATION
