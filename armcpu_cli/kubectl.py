@@ -32,6 +32,7 @@ from armcpu_k8s.status import model_from_status
 
 WIDTH = 80
 MAX_LISTED = 5
+MAX_REFUSALS_SHOWN = 8
 
 
 class PluginError(Exception):
@@ -45,6 +46,7 @@ class Cluster:
 
     def __init__(self, kubeconfig: str | None, context: str | None) -> None:
         try:
+            import urllib3
             from kubernetes import client, config
         except ImportError:
             raise PluginError("kubectl armcpu needs the kubernetes client: pip install 'armcpu[kubectl]'", 2) from None
@@ -54,7 +56,7 @@ class Cluster:
             raise PluginError(f"cannot load the kubeconfig: {exc}", 2) from None
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
-        self._errors: tuple[type[Exception], ...] = (client.ApiException, OSError)
+        self._errors: tuple[type[Exception], ...] = (OSError, urllib3.exceptions.HTTPError)
         self._api_exception = client.ApiException
 
     def _read(self, what: str, call: Callable[[], Any]) -> Any:
@@ -107,8 +109,9 @@ def _emit(obj: Any, fmt: str) -> None:
         sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-def _wrap(text: str, indent: str = "", more: str = "  ") -> list[str]:
-    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + more) or [indent]
+def _wrap(text: str, first: str = "", rest: str | None = None) -> list[str]:
+    """``text`` in lines of at most 80 columns; continuation lines indented ``rest`` (``first`` + 2 spaces)."""
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=first + "  " if rest is None else rest) or [first]
 
 
 def _listed(names: Sequence[str], wide: bool) -> str:
@@ -163,7 +166,7 @@ def cmd_why(cluster: Cluster, args: argparse.Namespace) -> int:
         _emit({"cpumodel": args.cpumodel, "revision": status.get("revision"), "nodes": counts, "incompatibleNodes": incompatible,
                "pendingNodes": pending, "conditions": conditions}, args.output)
         return 0
-    out = _wrap(f"{args.cpumodel}: revision {status.get('revision', '-')}, {counts.get('selected', 0)} node(s) selected, "
+    out = _wrap(f"{args.cpumodel}: revision {status.get('revision', '-')}; nodes: {counts.get('selected', 0)} selected, "
                 f"{counts.get('compatible', 0)} compatible, {counts.get('incompatible', 0)} incompatible, "
                 f"{counts.get('pending') or 0} pending")
     for c in conditions:
@@ -173,7 +176,7 @@ def cmd_why(cluster: Cluster, args: argparse.Namespace) -> int:
         reasons = list(entry.get("reasons") or [])
         out += _wrap(f"{entry['name']}: {reasons[0] if reasons else 'no reason given'}"
                      + (f" (+{len(reasons) - 1} more: kubectl armcpu why {args.cpumodel} {entry['name']})" if len(reasons) > 1 else ""),
-                     "  incompatible ", "    ")
+                     "  incompatible ", "      ")
     if len(incompatible) > len(shown):
         out.append(f"  and {len(incompatible) - len(shown)} more incompatible node(s) (-o wide)")
     omitted = status.get("incompatibleNodesOmitted") or 0
@@ -205,10 +208,14 @@ def _why_node(cluster: Cluster, args: argparse.Namespace, status: Mapping[str, A
                "refusals": rows, "warnings": list(check.warnings), "statusReasons": list((listed or {}).get("reasons") or [])}, args.output)
         return 0
     out = _wrap(f"{args.node} for {args.cpumodel} revision {status.get('revision', '-')}: {verdict}")
-    for r in check.refusals:
+    wide = args.output == "wide"
+    shown = check.refusals if wide else check.refusals[:MAX_REFUSALS_SHOWN]
+    for r in shown:
         feats = f" ({', '.join(r.features)})" if r.features else ""
         out += _wrap(f"{r.register}.{r.field}{feats}: node {r.node_value:#x}, model {r.model_value:#x}", "  ", "    ")
-        out += _wrap(f"refused: {r.rule}", "    ", "  ")
+        out += _wrap(f"refused: {r.rule}", "    ", "      ")
+    if len(check.refusals) > len(shown):
+        out.append(f"  and {len(check.refusals) - len(shown)} more field(s) (-o wide lists them)")
     if check.ok and listed is not None:  # armcpu's rules admit it, so its kernel refused: the status says how
         out += [line for reason in listed.get("reasons") or [] for line in _wrap(reason, "  ", "    ")]
     for w in check.warnings:

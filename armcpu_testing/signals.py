@@ -26,12 +26,17 @@ class Stopped(Exception):
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
+    # The way out stops what was started, which can take a while (kube-apiserver drains its watches): a
+    # second SIGTERM must not cut it short and leak the rest (seen: a kube-apiserver left running).
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise Stopped(signum)
 
 
 @contextlib.contextmanager
 def stopping_on_signals() -> Iterator[None]:
-    """Within this block SIGTERM and SIGHUP raise :class:`Stopped` (Ctrl-C raises KeyboardInterrupt as usual)."""
+    """Within this block the first SIGTERM or SIGHUP raises :class:`Stopped` and later ones are ignored
+    until the block ends, so the cleanup on the way out completes (Ctrl-C raises KeyboardInterrupt as usual)."""
     previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
     try:
         yield

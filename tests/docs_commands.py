@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-OFFLINE = {"armcpu", "armcpu-agent", "armcpu-operator"}
+OFFLINE = {"armcpu", "armcpu-agent", "armcpu-operator", "kubectl-armcpu"}
 DEV_TOOLS = ("python -m armcpu_testing.",)  # test support run from a clone: offline too
 CLUSTER = {"kubectl", "helm"}
 SCRIPTS = {"./scripts/demo.sh", "./scripts/test.sh"}

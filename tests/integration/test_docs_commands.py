@@ -62,12 +62,16 @@ def test_documented_benchmark_commands_run(command: docs.Command) -> None:
     elif "vm_dressed_after_kib" in result:  # benchmarks.memory: what the caches keep shrank
         for kind in ("vm_undressed", "vm_dressed", "profile"):
             assert 0 < result[f"{kind}_after_kib"] < result[f"{kind}_before_kib"], result
+    elif "proposals" in result:  # benchmarks.advise: every class of the fleet found, and pools proposed
+        assert result["classes"] == 12 and result["proposals"] >= 1 and result["largest_proposal_nodes"] > 1, result
     elif "ratio" in result:
         quiet = next(v for k, v in result.items() if k.startswith("operator_requests_in_") and k.endswith("s_quiet"))
         assert all(k.startswith("watch ") for k in quiet), f"no write and no list at steady state: {quiet}"
         assert result["operator_requests_during_convergence"]["patch virtualmachines"] == result["vms"]
         if "vmis_started" in result:
-            assert result["operator_requests_during_vmi_updates"] == {}, "a VMI's status update makes the operator write nothing"
+            # a watch re-opened in that window (every 290-300 s, by the clock) is no answer to the updates
+            answered = {k: v for k, v in result["operator_requests_during_vmi_updates"].items() if not k.startswith("watch ")}
+            assert answered == {}, "a VMI's status update makes the operator write (or list) nothing"
             assert set(result["operator_requests_starting_vmis"]) <= {"patch cpumodels"}, "starting VMs changes only the counts"
     else:
         assert result["agent_once_wall_s"] > 0 and result["agent_once_max_rss_mib"] > 0

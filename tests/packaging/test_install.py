@@ -1,6 +1,6 @@
 """The package as a user installs it: a fresh virtualenv, ``pip install`` from a clean copy of the
 sources (PyPI for the dependencies), each console script run. Without extras the CLI and the agent
-work and the operator names the extra it needs; with ``[k8s]`` the operator starts too. Test
+work, the operator and the kubectl plugin name the extra they need; with ``[k8s]`` the operator starts too. Test
 support is not part of what gets installed."""
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def test_each_console_script_works_from_the_extras_it_is_installed_with(clean_so
     assert agent.returncode == 0, agent.stderr[-2000:]
     operator = _run(bin_dir / "armcpu-operator", "--help", cwd=tmp_path)
     assert operator.returncode == 2 and "pip install 'armcpu[k8s]'" in operator.stderr, operator.stderr[-2000:]
+    plugin = _run(bin_dir / "kubectl-armcpu", "advise", cwd=tmp_path)
+    assert plugin.returncode == 2 and "pip install 'armcpu[kubectl]'" in plugin.stderr, plugin.stderr[-2000:]
     for absent in ("armcpu-controlplane", "armcpu-demo"):
         assert not (bin_dir / absent).exists(), f"{absent} is test support and must not be installed"
     testing = _run(bin_dir / "python", "-c", "import armcpu_testing", cwd=tmp_path)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import signal
+import time
 
 import pytest
 
@@ -46,6 +47,20 @@ def test_a_signal_before_the_wait_is_a_stop_not_a_normal_end() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         signal.pause()  # the handler runs at the latest here
     assert stopped.value.signum == signal.SIGTERM
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_short() -> None:
+    cleaned = []
+    with pytest.raises(Stopped), stopping_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+        finally:  # the way out, as the context managers that stop etcd and kube-apiserver run it
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)  # a handler would run here
+            cleaned.append(True)
+    assert cleaned == [True]
 
 
 def test_the_previous_handlers_come_back() -> None:
