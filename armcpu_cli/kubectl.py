@@ -19,6 +19,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +28,7 @@ from armcpu import advisor
 from armcpu.model import can_run
 from armcpu.profile import Profile, ProfileError, from_dict
 from armcpu_cli import advise as advise_view
+from armcpu_cli import plots
 from armcpu_k8s import group, labels, selectors
 from armcpu_k8s.status import model_from_status
 
@@ -134,6 +136,11 @@ def cmd_advise(cluster: Cluster, args: argparse.Namespace) -> int:
     for why in skipped:
         print(f"kubectl-armcpu: skipped: {why}", file=sys.stderr)
     advice = advisor.advise(profiles)
+    if args.command == "advise" and args.plot:
+        try:
+            plots.write(advice, Path(args.plot))
+        except plots.PlotError as exc:
+            raise PluginError(str(exc), 2) from None
     if args.output in ("json", "yaml"):
         _emit(advise_view.to_dict(advice), args.output)
     else:
@@ -289,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("matrix", "the migration matrix between the cluster's node classes", cmd_matrix)):
         reader = sub.add_parser(command, help=text)
         reader.add_argument("-l", "--selector", default=None, help="only the Nodes this label selector selects")
+        if command == "advise":
+            reader.add_argument("--plot", metavar="DIR", help="also draw DIR/matrix.{svg,png} and DIR/front.{svg,png} (the plot extra)")
         reader.set_defaults(func=func)
     why = sub.add_parser("why", help="why a CpuModel's nodes are incompatible or pending; with NODE, field by field")
     why.add_argument("cpumodel", metavar="CPUMODEL")

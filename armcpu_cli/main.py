@@ -21,6 +21,7 @@ from armcpu import guarantee as guarantees
 from armcpu.model import Applied, CombineResult, Model, SettingError, can_run, diff, model_of
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
 from armcpu_cli import advise as advise_view
+from armcpu_cli import plots
 from armcpu_k8s import manifests
 
 
@@ -180,6 +181,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
         for p in advice.proposals:
             manifest = manifests.cpumodel(p, advice.classes)
             (folder / f"{manifest['metadata']['name']}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    if args.plot:
+        try:
+            plots.write(advice, Path(args.plot))
+        except plots.PlotError as exc:
+            raise CliError(str(exc)) from None
     if args.output in ("json", "yaml"):
         _emit(advise_view.to_dict(advice), args.output)
     else:
@@ -314,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--assume-kvm", action="store_true",
                    help="for profiles without writable masks, assume a Linux 6.18-era KVM")
     a.add_argument("--manifests", metavar="DIR", help="also write each proposal's CpuModel as DIR/<name>.yaml")
+    a.add_argument("--plot", metavar="DIR", help="also draw DIR/matrix.{svg,png} and DIR/front.{svg,png} (the plot extra)")
     out(a, ("table", "json", "yaml"))
     a.set_defaults(func=cmd_advise)
 

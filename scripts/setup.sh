@@ -18,7 +18,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[k8s,kubectl,test]'
+  .venv/bin/python -m pip install --quiet -e '.[k8s,kubectl,plot,test]'
   echo "$want" > "$stamp"
 fi
 # Debian packages the domain hook's tests use, as root: libvirt's schema checker (libvirt-clients,
