@@ -156,3 +156,19 @@ def test_the_table_fits_80_columns_and_json_carries_manifests(tmp_path: Path, ca
 def test_the_same_node_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["advise", str(RECORDINGS[0]), str(RECORDINGS[0])]) == 2
     assert "two profiles name the same node" in capsys.readouterr().err
+
+
+def test_the_example_graviton_profiles_give_graviton4_alone_on_stock_and_both_only_with_a_sysreg_qemu(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What examples/cpumodels/graviton3-graviton4.yaml says in words, the advisor finds on its own."""
+    examples = sorted(str(p) for p in (REPO / "examples" / "profiles").glob("*.json"))
+    assert cli.main(["advise", "--assume-kvm", *examples, "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cpus = {c["id"]: c["cpu"] for c in doc["classes"]}
+    got = [(sorted(cpus[i] for i in p["classes"]), p["fronts"], yaml.safe_load(p["manifest"])["spec"]["enforcement"],
+            p["guarantee"]["stock"]["reason"]) for p in doc["proposals"]]
+    assert got == [(["arm-neoverse-v2"], ["stock", "sysreg"], "Scheduling", "NodesPresentModel"),
+                   (["arm-neoverse-v1", "arm-neoverse-v2"], ["sysreg"], "HookSidecar", "NoNodePresentsModel")]
+    both = doc["proposals"][1]
+    lost = {cpus[i]: n for i, n in both["lost"].items()}
+    assert f"costs {len(lost['arm-neoverse-v2'])} FEAT(s)" in both["explanation"] and "stock-unsafe" in both["explanation"]
