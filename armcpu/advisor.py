@@ -155,6 +155,11 @@ def classify(profiles: Sequence[Profile]) -> tuple[NodeClass, ...]:
     return tuple(out)
 
 
+def class_number(class_id: str) -> int:
+    """``c12`` -> 12: classes sort by size rank, not as strings."""
+    return int(class_id[1:])
+
+
 class Advisor:
     """Evaluates pools of classes, each once (the matrix and the fronts ask for the same pools)."""
 
@@ -318,7 +323,7 @@ def advise(profiles: Sequence[Profile]) -> Advice:
     advisor = Advisor(classes)
     units = _units(classes)
     islands: dict[str, list[tuple[str, ...]]] = {}
-    for (_, series), ids in sorted(units.items(), key=lambda kv: advisor._order(kv[1][0])):
+    for (_, series), ids in sorted(units.items(), key=lambda kv: class_number(kv[1][0])):
         islands.setdefault(series, []).append(ids)
     proposals: list[Proposal] = []
     for series, island_units in islands.items():
