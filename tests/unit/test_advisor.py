@@ -172,3 +172,19 @@ def test_the_example_graviton_profiles_give_graviton4_alone_on_stock_and_both_on
     both = doc["proposals"][1]
     lost = {cpus[i]: n for i, n in both["lost"].items()}
     assert f"costs {len(lost['arm-neoverse-v2'])} FEAT(s)" in both["explanation"] and "stock-unsafe" in both["explanation"]
+
+
+def test_beyond_the_exhaustive_limit_the_greedy_chains_still_propose_only_proposable_non_dominated_pools(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = _nodes([(i, 1 + i % 3) for i in range(len(REAL))])
+    exhaustive = advisor.advise(nodes)
+    monkeypatch.setattr(advisor, "MAX_EXHAUSTIVE_UNITS", 2)  # every island of these 12 kinds has 6 units
+    greedy = advisor.advise(nodes)
+    for p in greedy.proposals:
+        members = [n for n in nodes if n.name in p.nodes]
+        for stack in advisor.STACKS:
+            assert (_pool_answer(members, stack) is not None) == (stack.name in p.fronts)
+        same = [q for q in greedy.proposals if q.island == p.island and set(q.fronts) & set(p.fronts) and q is not p]
+        assert not any(len(q.nodes) >= len(p.nodes) and len(q.model.features) >= len(p.model.features) for q in same)
+    best_alone = {(p.island, len(p.model.features)) for p in exhaustive.proposals if len(p.class_ids) == 1}
+    assert best_alone <= {(p.island, len(p.model.features)) for p in greedy.proposals if len(p.class_ids) == 1}
