@@ -3,7 +3,7 @@
 # killed at 100 seeded points during convergence, the API server and etcd restarted 10 times during
 # one convergence, leader election with clocks 30 s apart and a slow API server for 10 rounds, and
 # 10,000 generated inputs per parser. The safety invariant is checked all along. Extra arguments go
-# to pytest. 1 h 40 min on 2 cores shared with other runs (docs/reliability.md).
+# to pytest. 1 h 28 min on 2 cores shared with the soak (docs/reliability.md).
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
