@@ -19,13 +19,14 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from armcpu import advisor
-from armcpu.model import can_run
+from armcpu.model import CanRun, can_run
 from armcpu.profile import Profile, ProfileError, from_dict
 from armcpu_cli import advise as advise_view
 from armcpu_cli import plots
@@ -195,26 +196,46 @@ def cmd_why(cluster: Cluster, args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class NodeAnswer:
+    """Why one node can, cannot or cannot yet run a CpuModel's revision in effect."""
+
+    verdict: str  # compatible, incompatible, or pending (with why)
+    check: CanRun  # armcpu's rules on the node's live profile against the model in status
+    status_reasons: tuple[str, ...]  # what the operator wrote for it (a kernel's refusal, when the rules admit it)
+
+
+def node_answer(status: Mapping[str, Any], profile: Profile) -> NodeAnswer:
+    """Pure: the CpuModel's status and the node's profile in, the answer out. Pending and the
+    operator's reasons come from the status; the field-by-field refusals from :func:`can_run`, the
+    rule the operator applies, on the model in status."""
+    check = can_run(profile, model_from_status(status["model"]))
+    listed = next((e for e in status.get("incompatibleNodes") or [] if e.get("name") == profile.name), None)
+    if profile.name in (status.get("pendingNodes") or []):
+        verdict = "pending: armcpu's rules admit it; its kernel has not verified the revision yet"
+    elif listed is not None or not check.ok:
+        verdict = "incompatible"
+    else:
+        verdict = "compatible"
+    return NodeAnswer(verdict, check, tuple((listed or {}).get("reasons") or ()))
+
+
 def _why_node(cluster: Cluster, args: argparse.Namespace, status: Mapping[str, Any]) -> int:
     """Field by field, with FEAT names and the rule that refuses, from the node's live profile and the model in status."""
     if not status.get("model"):
         raise PluginError(f"cpumodel {args.cpumodel} has no computed model yet: kubectl armcpu why {args.cpumodel}", 2)
-    model = model_from_status(status["model"])
     profiles, skipped = parse_profiles([cluster.profile(args.node)])
     if not profiles:
         raise PluginError(f"nodecpuprofile {args.node} is not usable: {skipped[0]}", 2)
-    check = can_run(profiles[0], model)
-    pending = args.node in (status.get("pendingNodes") or [])
-    listed = next((e for e in status.get("incompatibleNodes") or [] if e.get("name") == args.node), None)
-    verdict = ("pending: armcpu's rules admit it; its kernel has not verified the revision yet" if pending
-               else "incompatible" if listed is not None or not check.ok else "compatible")
+    answer = node_answer(status, profiles[0])
+    check = answer.check
     rows = [{"register": r.register, "field": r.field, "node": f"{r.node_value:#x}", "model": f"{r.model_value:#x}",
              "features": list(r.features), "rule": r.rule} for r in check.refusals]
     if args.output in ("json", "yaml"):
-        _emit({"cpumodel": args.cpumodel, "node": args.node, "revision": status.get("revision"), "verdict": verdict,
-               "refusals": rows, "warnings": list(check.warnings), "statusReasons": list((listed or {}).get("reasons") or [])}, args.output)
+        _emit({"cpumodel": args.cpumodel, "node": args.node, "revision": status.get("revision"), "verdict": answer.verdict,
+               "refusals": rows, "warnings": list(check.warnings), "statusReasons": list(answer.status_reasons)}, args.output)
         return 0
-    out = _wrap(f"{args.node} for {args.cpumodel} revision {status.get('revision', '-')}: {verdict}")
+    out = _wrap(f"{args.node} for {args.cpumodel} revision {status.get('revision', '-')}: {answer.verdict}")
     wide = args.output == "wide"
     shown = check.refusals if wide else check.refusals[:MAX_REFUSALS_SHOWN]
     for r in shown:
@@ -223,8 +244,8 @@ def _why_node(cluster: Cluster, args: argparse.Namespace, status: Mapping[str, A
         out += _wrap(f"refused: {r.rule}", "    ", "      ")
     if len(check.refusals) > len(shown):
         out.append(f"  and {len(check.refusals) - len(shown)} more field(s) (-o wide lists them)")
-    if check.ok and listed is not None:  # armcpu's rules admit it, so its kernel refused: the status says how
-        out += [line for reason in listed.get("reasons") or [] for line in _wrap(reason, "  ", "    ")]
+    if check.ok:  # armcpu's rules admit it: whatever the operator wrote is the kernel's word
+        out += [line for reason in answer.status_reasons for line in _wrap(reason, "  ", "    ")]
     for w in check.warnings:
         out += _wrap(f"warning: {w}", "  ", "    ")
     print("\n".join(out))

@@ -42,3 +42,18 @@ def test_an_unusable_profile_is_reported_and_the_others_are_used() -> None:
     bad = {"metadata": {"name": "n2"}, "spec": {"registers": {"ID_AA64ISAR0_EL1": "zz"}}}
     usable, skipped = kubectl.parse_profiles([good, bad])
     assert [p.name for p in usable] == ["n1"] and len(skipped) == 1 and "n2" in skipped[0]
+
+
+def _status_for(profile_json: dict, **extra: object) -> dict:
+    return {"revision": 1, "model": {"registers": profile_json["registers"], "implementations": []}, **extra}
+
+
+def test_why_node_says_pending_where_the_kernel_has_not_spoken_and_quotes_a_kernels_refusal() -> None:
+    raw = yaml.safe_load(RECORDING.read_text())
+    node = kubectl.parse_profiles([{"metadata": {"name": "n1"}, "spec": raw}])[0][0]
+    pending = kubectl.node_answer(_status_for(raw, pendingNodes=["n1"]), node)
+    assert pending.verdict.startswith("pending") and pending.check.ok
+    refused_by_kernel = ["this node's kernel refused the model (armcpu's rules predicted it would run): ID_AA64PFR0_EL1.RAS"]
+    kernel_no = kubectl.node_answer(_status_for(raw, incompatibleNodes=[{"name": "n1", "reasons": refused_by_kernel}]), node)
+    assert kernel_no.verdict == "incompatible" and kernel_no.check.ok and kernel_no.status_reasons == tuple(refused_by_kernel)
+    assert kubectl.node_answer(_status_for(raw), node).verdict == "compatible"
