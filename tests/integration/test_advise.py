@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +193,12 @@ def test_why_names_the_field_the_feat_and_the_rule_and_vm_says_where_it_may_go(c
         assert max(len(line) for line in summary.stdout.splitlines()) <= 80
         assert json.loads(_plugin("--kubeconfig", str(kubeconfig), "why", "advise-why", sve_node, "-o", "json").stdout)["verdict"] == "compatible"
         node_text = _plugin("--kubeconfig", str(kubeconfig), "why", "advise-why", a76).stdout
-        assert "FEAT_SVE" in node_text and max(len(line) for line in node_text.splitlines()) <= 80
-        wait_for(lambda: _plugin("--kubeconfig", str(kubeconfig), "vm", "advise-vms/web", "-o", "json").returncode == 0, 60,
-                 "the VM dressed")
-        placed = json.loads(_plugin("--kubeconfig", str(kubeconfig), "vm", "advise-vms/web", "-o", "json").stdout)
-        assert placed["cpumodel"] == "advise-why" and placed["startOn"] == [sve_node] and placed["running"] is False
+        assert f"and {len(why['refusals']) - 8} more field(s) (-o wide lists them)" in node_text, node_text
+        wide = _plugin("--kubeconfig", str(kubeconfig), "why", "advise-why", a76, "-o", "wide").stdout
+        assert "FEAT_SVE" in wide and wide.count("refused: ") == len(why["refusals"])
+        assert max(len(line) for text in (node_text, wide) for line in text.splitlines()) <= 80
+        placed = wait_for(lambda: _vm_answer(kubeconfig, lambda a: a["startOn"] == [sve_node]), 60, "the VM dressed, its start node labelled")
+        assert placed["cpumodel"] == "advise-why" and placed["running"] is False
         vm_text = _plugin("--kubeconfig", str(kubeconfig), "vm", "web", "-n", "advise-vms").stdout
         assert "not running" in vm_text and sve_node in vm_text and max(len(line) for line in vm_text.splitlines()) <= 80
         # A running VMI (no virt-controller here: written as KubeVirt writes one, the template's annotations and
@@ -211,8 +212,8 @@ def test_why_names_the_field_the_feat_and_the_rule_and_vm_says_where_it_may_go(c
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "web", "namespace": "advise-vms", "annotations": older},
             "spec": {**template["spec"], "nodeSelector": template["spec"]["nodeSelector"]}, "status": {"nodeName": sve_node}})
-        running = json.loads(_plugin("--kubeconfig", str(kubeconfig), "vm", "advise-vms/web", "-o", "json").stdout)
-        assert running["running"] and running["node"] == sve_node and running["migrateTo"] == [other], running
+        running = wait_for(lambda: _vm_answer(kubeconfig, lambda a: a["migrateTo"] == [other]), 60, "the other max node labelled")
+        assert running["running"] and running["node"] == sve_node
         assert running["restartPending"] is True and running["runningRevision"] == "0"
         missing = _plugin("--kubeconfig", str(kubeconfig), "why", "no-such-model")
         assert missing.returncode == 2 and "not found" in missing.stderr
@@ -225,6 +226,15 @@ def test_why_names_the_field_the_feat_and_the_rule_and_vm_says_where_it_may_go(c
                     raise
         admin.delete(f"{CPUMODELS}/advise-why")
         wait_for(lambda: not _exists(admin, "advise-why"), 60, "advise-why deleted")
+
+
+def _vm_answer(kubeconfig: Path, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """``kubectl armcpu vm advise-vms/web -o json`` once it answers and ``wanted`` holds (labels and dressing land in turn)."""
+    done = _plugin("--kubeconfig", str(kubeconfig), "vm", "advise-vms/web", "-o", "json")
+    if done.returncode != 0:
+        return None
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer if wanted(answer) else None
 
 
 _EXEC: dict[str, tuple[Path, Path]] = {}
