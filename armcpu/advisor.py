@@ -171,11 +171,8 @@ class Advisor:
     def evaluate(self, class_ids: Iterable[str]) -> Evaluation:
         key = frozenset(class_ids)
         if key not in self._memo:
-            self._memo[key] = self._evaluate(tuple(sorted(key, key=self._order)))
+            self._memo[key] = self._evaluate(tuple(sorted(key, key=class_number)))
         return self._memo[key]
-
-    def _order(self, class_id: str) -> int:
-        return int(class_id[1:])
 
     def _evaluate(self, ids: tuple[str, ...]) -> Evaluation:
         chosen = [self.classes[i] for i in ids]
@@ -243,8 +240,8 @@ def _candidates(advisor: Advisor, units: Sequence[tuple[str, ...]], stack: Stack
         yield tuple(chosen)
         rest = [u for u in units if u != start]
         while rest:
-            scored = [(len(advisor.evaluate(chosen + list(u)).feats), advisor.size(u), u) for u in rest
-                      if advisor.evaluate(chosen + list(u)).proposable(stack)]
+            grown = [(advisor.evaluate(chosen + list(u)), u) for u in rest]
+            scored = [(len(ev.feats), advisor.size(u), u) for ev, u in grown if ev.proposable(stack)]
             if not scored:
                 break
             _, _, best = max(scored)
@@ -284,12 +281,18 @@ def _describe(advisor: Advisor, ids: Iterable[str]) -> str:
     return ", ".join(parts)
 
 
-def _explain(advisor: Advisor, ev: Evaluation, before: Evaluation | None, fronts: Sequence[str]) -> str:
-    """One sentence a user can check against the proposal's own fields."""
+def _lost(advisor: Advisor, ev: Evaluation) -> dict[str, tuple[str, ...]]:
+    """Per class of the pool: the FEATs its nodes have and the pool's model lacks."""
+    kept = set(ev.feats)
+    return {i: tuple(f for f in advisor.classes[i].features if f not in kept) for i in ev.class_ids}
+
+
+def _explain(advisor: Advisor, ev: Evaluation, losses: Mapping[str, Sequence[str]], before: Evaluation | None,
+             fronts: Sequence[str]) -> str:
+    """One sentence a user can check against the proposal's own fields (``losses``: its :func:`_lost`)."""
     assert ev.model is not None
     kept = set(ev.feats)
     nodes = advisor.size(ev.class_ids)
-    losses = {i: [f for f in advisor.classes[i].features if f not in kept] for i in ev.class_ids}
     text = f"{_describe(advisor, ev.class_ids)}: {nodes} node(s), {len(kept)} FEATs"
     if not any(losses.values()):
         text += ", nothing lost" + (" (its own view)" if len(ev.class_ids) == 1 else "")
@@ -338,10 +341,10 @@ def advise(profiles: Sequence[Profile]) -> Advice:
                 fronts = seen[frozenset(ev.class_ids)]
                 if fronts[0] == s.name:  # each pool once, explained along the first front it is on
                     assert ev.model is not None
-                    lost = {i: tuple(f for f in advisor.classes[i].features if f not in set(ev.feats)) for i in ev.class_ids}
+                    lost = _lost(advisor, ev)
                     nodes = tuple(sorted(n for i in ev.class_ids for n in advisor.classes[i].members))
                     proposals.append(Proposal(series, ev.class_ids, nodes, ev.model, tuple(fronts), dict(ev.guarantees), lost,
-                                              _explain(advisor, ev, previous, fronts)))
+                                              _explain(advisor, ev, lost, previous, fronts)))
                 previous = ev
     cells = matrix(advisor)
     return Advice(classes, cells, tuple(proposals), tuple(_notes(advisor, classes, islands, cells)))

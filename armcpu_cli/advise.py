@@ -15,6 +15,7 @@ import yaml
 
 from armcpu import advisor
 from armcpu.profile import Profile
+from armcpu_cli import output
 from armcpu_k8s import manifests
 
 WIDTH = 80
@@ -62,7 +63,7 @@ def _proposal(p: advisor.Proposal, classes: Sequence[advisor.NodeClass]) -> dict
 def classes_table(advice: advisor.Advice) -> list[str]:
     rows = [["CLASS", "NODES", "CPU", "KERNEL", "FEATS", "FINGERPRINT"]]
     rows += [[c.id, str(len(c.members)), c.cpu[:24], c.kernel_series, str(len(c.features)), c.fingerprint] for c in advice.classes]
-    return _table(rows)
+    return output.table_lines(rows)
 
 
 def matrix_table(advice: advisor.Advice) -> list[str]:
@@ -101,8 +102,3 @@ def table(advice: advisor.Advice, profiles: Sequence[Profile], wide: bool = Fals
     out.append("")
     out.append("Manifests: -o yaml (each proposal's `manifest`) or --manifests DIR.")
     return "\n".join(out)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from armcpu import advisor
 from armcpu.model import CanRun, can_run
 from armcpu.profile import Profile, ProfileError, from_dict
 from armcpu_cli import advise as advise_view
-from armcpu_cli import plots
+from armcpu_cli import output, plots
 from armcpu_k8s import group, labels, selectors
 from armcpu_k8s.status import model_from_status
 
@@ -105,13 +103,6 @@ def parse_profiles(items: Sequence[Mapping[str, Any]]) -> tuple[list[Profile], l
     return usable, skipped
 
 
-def _emit(obj: Any, fmt: str) -> None:
-    if fmt == "yaml":
-        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
-    else:
-        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-
-
 def _wrap(text: str, first: str = "", rest: str | None = None) -> list[str]:
     """``text`` in lines of at most 80 columns; continuation lines indented ``rest`` (``first`` + 2 spaces)."""
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=first + "  " if rest is None else rest) or [first]
@@ -137,13 +128,13 @@ def cmd_advise(cluster: Cluster, args: argparse.Namespace) -> int:
     for why in skipped:
         print(f"kubectl-armcpu: skipped: {why}", file=sys.stderr)
     advice = advisor.advise(profiles)
-    if args.command == "advise" and args.plot:
+    if args.plot:
         try:
             plots.write(advice, Path(args.plot))
         except plots.PlotError as exc:
             raise PluginError(str(exc), 2) from None
     if args.output in ("json", "yaml"):
-        _emit(advise_view.to_dict(advice), args.output)
+        output.emit(advise_view.to_dict(advice), args.output)
     else:
         print(advise_view.table(advice, profiles, wide=args.output == "wide"))
     return 0 if advice.proposals else 1
@@ -154,7 +145,7 @@ def cmd_matrix(cluster: Cluster, args: argparse.Namespace) -> int:
     advice = advisor.advise(profiles)
     if args.output in ("json", "yaml"):
         whole = advise_view.to_dict(advice)
-        _emit({"classes": whole["classes"], "stacks": whole["stacks"], "matrix": whole["matrix"]}, args.output)
+        output.emit({"classes": whole["classes"], "stacks": whole["stacks"], "matrix": whole["matrix"]}, args.output)
     else:
         print("\n".join([*advise_view.classes_table(advice), "", *advise_view.matrix_table(advice)]))
     return 0
@@ -171,7 +162,7 @@ def cmd_why(cluster: Cluster, args: argparse.Namespace) -> int:
     conditions = [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"), "message": c.get("message")}
                   for c in status.get("conditions") or []]
     if args.output in ("json", "yaml"):
-        _emit({"cpumodel": args.cpumodel, "revision": status.get("revision"), "nodes": counts, "incompatibleNodes": incompatible,
+        output.emit({"cpumodel": args.cpumodel, "revision": status.get("revision"), "nodes": counts, "incompatibleNodes": incompatible,
                "pendingNodes": pending, "conditions": conditions}, args.output)
         return 0
     out = _wrap(f"{args.cpumodel}: revision {status.get('revision', '-')}; nodes: {counts.get('selected', 0)} selected, "
@@ -232,7 +223,7 @@ def _why_node(cluster: Cluster, args: argparse.Namespace, status: Mapping[str, A
     rows = [{"register": r.register, "field": r.field, "node": f"{r.node_value:#x}", "model": f"{r.model_value:#x}",
              "features": list(r.features), "rule": r.rule} for r in check.refusals]
     if args.output in ("json", "yaml"):
-        _emit({"cpumodel": args.cpumodel, "node": args.node, "revision": status.get("revision"), "verdict": answer.verdict,
+        output.emit({"cpumodel": args.cpumodel, "node": args.node, "revision": status.get("revision"), "verdict": answer.verdict,
                "refusals": rows, "warnings": list(check.warnings), "statusReasons": list(answer.status_reasons)}, args.output)
         return 0
     out = _wrap(f"{args.node} for {args.cpumodel} revision {status.get('revision', '-')}: {answer.verdict}")
@@ -287,7 +278,7 @@ def cmd_vm(cluster: Cluster, args: argparse.Namespace) -> int:
               "running": vmi is not None, "runningRevision": running_revision, "node": running_on,
               "startOn": start_on, "migrateTo": migrate_to, "restartPending": restart_pending}
     if args.output in ("json", "yaml"):
-        _emit(answer, args.output)
+        output.emit(answer, args.output)
         return 0
     wide = args.output == "wide"
     out = _wrap(f"{namespace}/{name}: model {model_name}, template revision {revision or '-'} "

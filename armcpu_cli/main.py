@@ -21,7 +21,7 @@ from armcpu import guarantee as guarantees
 from armcpu.model import Applied, CombineResult, Model, SettingError, can_run, diff, model_of
 from armcpu.profile import Profile, ProfileError, from_dict, hex64
 from armcpu_cli import advise as advise_view
-from armcpu_cli import plots
+from armcpu_cli import output, plots
 from armcpu_k8s import manifests
 
 
@@ -67,16 +67,8 @@ def model_from_file(path: str) -> Model:
     return model_of(from_dict(data, path))
 
 
-def _emit(obj: Any, fmt: str) -> None:
-    if fmt == "yaml":
-        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
-    else:
-        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-
-
 def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(output.table_lines(rows))
 
 
 def _parse_kv(items: Sequence[str], what: str) -> dict[str, str]:
@@ -126,7 +118,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                                     rendered_machine=rendering.machine_properties) if result.feasible else {}
     told = identity.check(m, profiles)
     if args.output in ("json", "yaml"):
-        _emit(
+        output.emit(
             {
                 "model": model_to_dict(m),
                 "guarantee": {mode: {"safe": g.safe, "startOn": list(g.start_on), "migrateTo": list(g.migrate_to),
@@ -187,7 +179,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
         except plots.PlotError as exc:
             raise CliError(str(exc)) from None
     if args.output in ("json", "yaml"):
-        _emit(advise_view.to_dict(advice), args.output)
+        output.emit(advise_view.to_dict(advice), args.output)
     else:
         print(advise_view.table(advice, profiles))
     return 0 if advice.proposals else 1
@@ -199,7 +191,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     feats = features.decode(p.registers)
     caps = hwcaps.decode(p.registers)
     if args.output == "json":
-        _emit(
+        output.emit(
             {
                 "name": p.name,
                 "midr": f"0x{p.midr:08x}",
@@ -223,7 +215,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     a, b = load_profile(args.a), load_profile(args.b)
     d = diff(a.registers, b.registers)
     if args.output == "json":
-        _emit(
+        output.emit(
             [
                 {"register": x.register, "field": x.field, "a": x.a, "b": x.b,
                  "only_in_a": list(x.features_only_in_a), "only_in_b": list(x.features_only_in_b)}
@@ -248,7 +240,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     p = load_profile(args.profile, args.assume_kvm)
     r = can_run(p, m)
     if args.output == "json":
-        _emit({"can_run": r.ok, "refusals": [x.message() for x in r.refusals], "warnings": list(r.warnings)}, "json")
+        output.emit({"can_run": r.ok, "refusals": [x.message() for x in r.refusals], "warnings": list(r.warnings)}, "json")
     else:
         print(f"{p.name}: {'can run' if r.ok else 'cannot run'} the model")
         for x in r.refusals:
@@ -261,7 +253,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     models = named_models.named_models()
     if args.output == "json":
-        _emit({n: {"description": m.description, "midr": f"0x{m.midr:08x}", "source": m.source,
+        output.emit({n: {"description": m.description, "midr": f"0x{m.midr:08x}", "source": m.source,
                    "features": features.decode(m.registers)} for n, m in models.items()}, "json")
         return 0
     rows = [["NAME", "MIDR", "DESCRIPTION"]] + [[n, f"0x{m.midr:08x}", m.description] for n, m in models.items()]
@@ -283,7 +275,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         rows.append([name, enc])
         out[name] = enc
     if args.output == "json":
-        _emit(out, "json")
+        output.emit(out, "json")
     else:
         print(_table(rows))
     return 0
