@@ -95,14 +95,21 @@ async def run(kube: Kube, caches: Caches, runtime: Runtime, name: str, body: kop
         metrics.MODELS.dec()
 
 
+async def _take_off(kube: Kube, caches: Caches, runtime: Runtime, name: str) -> tuple[worlds.ModelPlan, str | None]:
+    """Everything of CpuModel ``name`` off the cluster, on a fresh view of the hook ConfigMaps: the plan,
+    and the problem that stopped its writes (None: all done). A deletion and the garbage collector
+    take a model off the same way."""
+    await executor.refresh_hook_configmaps(kube, caches, runtime.resync_seconds)
+    planned = worlds.plan_removal(snapshot(caches, runtime), name)
+    return planned, await executor.execute_removal(kube, caches, planned)
+
+
 async def remove(kube: Kube, caches: Caches, runtime: Runtime, name: str) -> None:
     """The CpuModel is going away: its labels leave every node, every VM it patched is restored and the
     hook ConfigMaps no VM needs go, before kopf removes the finalizer."""
     while not caches.listed():
         await asyncio.sleep(0.2)
-    await executor.refresh_hook_configmaps(kube, caches, runtime.resync_seconds)
-    planned = worlds.plan_removal(snapshot(caches, runtime), name)
-    problem = await executor.execute_removal(kube, caches, planned)
+    planned, problem = await _take_off(kube, caches, runtime, name)
     if problem is not None:
         raise kopf.TemporaryError(f"{problem}; retrying", delay=5)
     caches.triggers.pop(name, None)
@@ -122,9 +129,7 @@ async def collect_garbage(kube: Kube, caches: Caches, runtime: Runtime) -> list[
     existing = {item["metadata"]["name"] for item in listing.get("items") or []}
     cleaned = []
     for name in worlds.orphaned_models(snapshot(caches, runtime), existing):
-        await executor.refresh_hook_configmaps(kube, caches, runtime.resync_seconds)
-        planned = worlds.plan_removal(snapshot(caches, runtime), name)
-        problem = await executor.execute_removal(kube, caches, planned)
+        planned, problem = await _take_off(kube, caches, runtime, name)
         if problem is not None:
             log.warning("garbage of a deleted cpumodel not removed yet", extra={"cpumodel": name, "error": problem})
             continue
