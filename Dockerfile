@@ -14,8 +14,8 @@ WORKDIR /src
 COPY requirements/ requirements/
 RUN python -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes --only-binary=:all: -r requirements/build.lock \
- && python -m venv /opt/armcpu \
- && /opt/armcpu/bin/pip install --require-hashes --only-binary=:all: -r requirements/image.lock
+ && python -m venv --without-pip /opt/armcpu \
+ && /opt/build/bin/pip --python /opt/armcpu/bin/python install --require-hashes --only-binary=:all: -r requirements/image.lock
 COPY pyproject.toml README.md ./
 COPY LICENSES/ LICENSES/
 COPY armcpu/ armcpu/
@@ -23,7 +23,8 @@ COPY armcpu_cli/ armcpu_cli/
 COPY armcpu_k8s/ armcpu_k8s/
 COPY node_agent/ node_agent/
 COPY operator/ operator/
-RUN PATH=/opt/build/bin:$PATH /opt/armcpu/bin/pip install --no-deps --no-build-isolation --no-compile . \
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist . \
+ && /opt/build/bin/pip --python /opt/armcpu/bin/python install --no-deps --no-compile /tmp/dist/*.whl \
  && /opt/armcpu/bin/python -m compileall -q /opt/armcpu/lib
 
 FROM ${PYTHON_IMAGE}

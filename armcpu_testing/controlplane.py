@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -45,6 +46,8 @@ ARMCPU_CRDS = REPO / "crds"
 
 
 TOOLS = ("kube-apiserver", "kube-scheduler", "etcd", "kubectl", "helm")
+SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR, which the API server gives its Service
 
 
 class ControlPlaneError(RuntimeError):
@@ -83,6 +86,13 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 @dataclass
 class _CA:
     key: ec.EllipticCurvePrivateKey
@@ -105,7 +115,10 @@ class _CA:
         )
         return cls(key, cert)
 
-    def issue(self, cn: str, org: str | None = None, server: bool = False) -> tuple[bytes, bytes]:
+    def issue(self, cn: str, org: str | None = None, server: bool = False,
+              sans: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+        """A key and a certificate for ``cn``; a server's names 127.0.0.1 and localhost, and ``sans``
+        (IP addresses or DNS names)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -118,12 +131,8 @@ class _CA:
             .not_valid_after(now + datetime.timedelta(days=2))
         )
         if server:
-            import ipaddress
-
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName([_san(name) for name in ("localhost", "127.0.0.1", *sans)]),
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
@@ -134,10 +143,11 @@ class _CA:
             ),
         )
 
-    def write(self, directory: Path, stem: str, cn: str, org: str | None = None, server: bool = False) -> tuple[Path, Path]:
+    def write(self, directory: Path, stem: str, cn: str, org: str | None = None, server: bool = False,
+              sans: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """Issue a certificate and write ``<stem>.crt`` and ``<stem>.key`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
-        crt, key = self.issue(cn, org=org, server=server)
+        crt, key = self.issue(cn, org=org, server=server, sans=sans)
         (directory / f"{stem}.crt").write_bytes(crt)
         (directory / f"{stem}.key").write_bytes(key)
         return directory / f"{stem}.crt", directory / f"{stem}.key"
@@ -154,6 +164,11 @@ class ControlPlane:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ca: _CA | None = None
     commands: dict[str, list[str]] = field(default_factory=dict)
+    # Set, the API server also serves kubelets and pods (armcpu_testing.node): it listens on this
+    # address too, advertises it as the ``kubernetes`` Service's endpoint, authorizes kubelets with
+    # the Node authorizer and NodeRestriction, and gives pods service-account tokens (the
+    # ServiceAccount admission plugin, which needs kube-controller-manager's service accounts).
+    node_ip: str | None = None
 
     @property
     def url(self) -> str:
@@ -268,7 +283,7 @@ class ControlPlane:
         pki.mkdir(parents=True)
         ca = self.ca = _CA.create()
         (pki / "ca.crt").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
-        ca.write(pki, "apiserver", "kube-apiserver", server=True)
+        ca.write(pki, "apiserver", "kube-apiserver", server=True, sans=self._apiserver_names())
         ca.write(pki, "admin", "armcpu-admin", org="system:masters")
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (pki / "sa.key").write_bytes(
@@ -294,18 +309,16 @@ class ControlPlane:
         self.commands["kube-apiserver"] = [
             self.binary("kube-apiserver"),
             "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
-            "--bind-address", "127.0.0.1",
             "--secure-port", str(self.api_port),
             "--tls-cert-file", str(pki / "apiserver.crt"),
             "--tls-private-key-file", str(pki / "apiserver.key"),
             "--client-ca-file", str(pki / "ca.crt"),
-            "--authorization-mode", "RBAC",
             "--service-account-issuer", f"https://127.0.0.1:{self.api_port}",
             "--service-account-key-file", str(pki / "sa.pub"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
             "--api-audiences", f"https://127.0.0.1:{self.api_port}",
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--disable-admission-plugins", "ServiceAccount",
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            *self._node_serving_flags(pki),
             "--allow-privileged=true",
             "--cert-dir", str(pki),
             "--audit-policy-file", str(self._write_audit_policy()),
@@ -318,6 +331,31 @@ class ControlPlane:
             self._spawn(name, self.commands[name])
         self._write_kubeconfig(pki)
         self._wait_ready(pki, timeout)
+
+    def _apiserver_names(self) -> tuple[str, ...]:
+        """The API server's certificate names besides loopback: with a node, the address pods and
+        kubelets dial, and the ``kubernetes`` Service's ClusterIP and DNS names that in-cluster
+        clients verify."""
+        if self.node_ip is None:
+            return ()
+        return (self.node_ip, KUBERNETES_SERVICE_IP, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local")
+
+    def _node_serving_flags(self, pki: Path) -> list[str]:
+        if self.node_ip is None:
+            # No kube-controller-manager makes namespaces' service accounts: pods would be refused.
+            return ["--bind-address", "127.0.0.1", "--authorization-mode", "RBAC", "--disable-admission-plugins", "ServiceAccount"]
+        assert self.ca is not None
+        crt, key = self.ca.write(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters")
+        return [
+            "--bind-address", "0.0.0.0",
+            "--advertise-address", self.node_ip,
+            "--authorization-mode", "Node,RBAC",
+            "--enable-admission-plugins", "NodeRestriction",
+            "--kubelet-client-certificate", str(crt),
+            "--kubelet-client-key", str(key),
+            "--kubelet-preferred-address-types", "InternalIP",  # no DNS here resolves the node's name
+        ]
 
     @property
     def audit_log(self) -> Path:
@@ -444,10 +482,11 @@ current-context: armcpu-local
 
 
 @contextlib.contextmanager
-def running(install_crds: bool = True, keep_dir: bool = False) -> Iterator[ControlPlane]:
+def running(install_crds: bool = True, keep_dir: bool = False, node_ip: str | None = None,
+            tools: Path | None = None) -> Iterator[ControlPlane]:
     """Start a control plane, yield it, and always stop every process and remove its temp dir."""
     workdir = Path(tempfile.mkdtemp(prefix="armcpu-cp-"))
-    plane = ControlPlane(workdir=workdir, tools=tools_dir())
+    plane = ControlPlane(workdir=workdir, tools=tools or tools_dir(), node_ip=node_ip)
     try:
         plane.start()
         if install_crds:

@@ -2,6 +2,8 @@
 # Build the real Kubernetes binaries armcpu's tests, demo and benchmarks run against:
 # kube-apiserver, kube-scheduler and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm
 # (helm.sh/helm/v3), each from the Go module proxy at the exact version pinned in tools/*/go.mod.
+# `build-tools.sh node` also builds what a real node runs (kubelet, kube-controller-manager and
+# kube-proxy, from the same k8s.io/kubernetes): only the real-node tier needs them.
 #
 # Binaries are cached in $ARMCPU_TOOLS_DIR (default ~/.cache/armcpu/tools/<pin hash>), so a warm
 # machine pays nothing; Go's own module and build caches make a rebuild after a pin change cheap.
@@ -60,6 +62,12 @@ build kube-scheduler "$tools_src/kube" k8s.io/kubernetes/cmd/kube-scheduler "$ku
 etcd_version=$(module_version "$tools_src/etcd" go.etcd.io/etcd/server/v3)
 build etcd "$tools_src/etcd" go.etcd.io/etcd/server/v3 \
   "-X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_version}"
+
+if [[ ${1:-} == node ]]; then
+  build kubelet "$tools_src/kube" k8s.io/kubernetes/cmd/kubelet "$kube_ldflags"
+  build kube-controller-manager "$tools_src/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+  build kube-proxy "$tools_src/kube" k8s.io/kubernetes/cmd/kube-proxy "$kube_ldflags"
+fi
 
 helm_version=$(module_version "$tools_src/helm" helm.sh/helm/v3)
 build helm "$tools_src/helm" helm.sh/helm/v3/cmd/helm \

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import kopf
+from kopf._core.engines.peering import Identity  # kopf.operator's parameter type; kopf does not re-export it
 
 from armcpu.guarantee import Vmm
 from armcpu_k8s import logs, serving
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("command", nargs="?", choices=("run", "cleanup"), default="run",
                    help="run (default), or cleanup: restore every VM armcpu patched, remove every armcpu label and unused "
                         "domain hook ConfigMap, and exit (the chart's uninstall hook)")
+    p.add_argument("--stop", action="append", default=[], metavar="KIND/NAME",
+                   help="with cleanup: first delete this webhook configuration (validatingwebhookconfiguration/NAME, "
+                        "mutatingwebhookconfiguration/NAME), scale this Deployment to zero (deployment/NAME) or keep this "
+                        "DaemonSet off every node (daemonset/NAME), in --namespace, and wait until their pods are gone; repeatable")
     p.add_argument("--resync", type=float, default=300.0, help="seconds between unconditional reconciles of each CpuModel")
     p.add_argument("--kernel-verification", choices=("Required", "Advisory"), default="Required",
                    help="Required: a node runs a revision only once its agent verified it on the node's kernel (default). Advisory: "
@@ -81,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     RUNTIME.kube = Kube(credentials, on_write=lambda verb, path, code: metrics.API_WRITES.labels(verb, str(code)).inc())
     if args.command == "cleanup":
-        return cleanup.run(RUNTIME.kube)
+        try:
+            stops = [cleanup.Stop.parse(ref) for ref in args.stop]
+        except ValueError as exc:
+            log.error("invalid --stop", extra={"error": str(exc)})
+            return 2
+        return cleanup.run(RUNTIME.kube, args.namespace, stops)
     RUNTIME.resync_seconds = args.resync
     RUNTIME.kernel_verification = args.kernel_verification
     RUNTIME.vmm = Vmm(sysreg=args.vmm_sysreg, impl_cpu=args.vmm_impl_cpu)
@@ -129,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics.LEADER.set(1)
         log.info("starting", extra={"identity": args.identity, "webhook": bool(RUNTIME.webhook)})
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready))
+        # kopf's own identity would come from getpass.getuser(), which raises for a uid with no passwd
+        # entry: the image's 65532 has none (the first run on a real kubelet crashed on it).
+        loop.run_until_complete(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready,
+                                              identity=Identity(args.identity)))
     finally:
         metrics.LEADER.set(0)
         if leader is not None:

@@ -288,8 +288,13 @@ def test_agent_rbac_and_policy_with_a_pod_bound_token(control_plane: ControlPlan
 
 
 def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, admin: Kube, installed: None) -> None:
-    hook = [d for d in _docs(control_plane.helm("template", RELEASE, CHART, "--namespace", NS, *KUBE_VERSION,
-                                                 "--show-only", "templates/cleanup-hook.yaml")) if d["kind"] != "Job"]
+    """The hook Job's own command and arguments, with its service account; no kubelet runs the Job here
+    (tests/node does, on a real node, during a real uninstall). Runs last on the release: it stops it."""
+    rendered = _docs(control_plane.helm("template", RELEASE, CHART, "--namespace", NS, *KUBE_VERSION,
+                                        "--show-only", "templates/cleanup-hook.yaml"))
+    hook = [d for d in rendered if d["kind"] != "Job"]
+    [job] = [d["spec"]["template"]["spec"]["containers"][0] for d in rendered if d["kind"] == "Job"]
+    assert job["command"][:2] == ["armcpu-operator", "cleanup"]
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(hook))
     add_node(admin, "chart-clean", {"team": "keep", "armcpu.io/cpu": "x", "feature.armcpu.io/FEAT_SVE": "true",
                                     "cpumodel.armcpu.io/m": "3", "kubevirt.io/schedulable": "true"}, None)
@@ -305,9 +310,13 @@ def test_cleanup_hook_removes_only_armcpu_labels(control_plane: ControlPlane, ad
     control_plane.kubectl("apply", "-f", "-", input=RUNNING_HOOKED_VMI)
     mark = control_plane.audit_mark()
     for _ in range(2):  # idempotent
-        run = subprocess.run([sys.executable, "-m", "armcpu_operator", "cleanup", "--kubeconfig", str(kubeconfig), "--listen="],
+        run = subprocess.run([sys.executable, "-m", "armcpu_operator", *job["command"][1:], *job["args"], "--kubeconfig", str(kubeconfig)],
                              capture_output=True, text=True, check=False, cwd=REPO, timeout=60)
         assert run.returncode == 0, run.stderr
+    assert admin.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{RELEASE}-operator")["spec"]["replicas"] == 0
+    agents = admin.get(f"/apis/apps/v1/namespaces/{NS}/daemonsets/{RELEASE}-agent")["spec"]["template"]["spec"]["nodeSelector"]
+    assert agents["armcpu.io/uninstalling"] == "true", agents  # merged into the chart's own selector: no node matches
+    assert admin.get_or_none(f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{RELEASE}-cpumodels") is None
     labels = admin.get("/api/v1/nodes/chart-clean")["metadata"]["labels"]
     assert not any(k.startswith(("armcpu.io/", "feature.armcpu.io/", "cpumodel.armcpu.io/")) for k in labels)
     assert labels["team"] == "keep" and labels["kubevirt.io/schedulable"] == "true"
