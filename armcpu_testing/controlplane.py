@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from armcpu_testing import processes
 from armcpu_testing.signals import Stopped, stopping_on_signals, wait_until_stopped
 
 REPO = Path(__file__).resolve().parent.parent
@@ -273,8 +274,7 @@ class ControlPlane:
             return False
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = processes.spawn(args, self.workdir / f"{name}.log")
         self.processes.append(proc)
         return proc
 
@@ -467,17 +467,7 @@ current-context: armcpu-local
         return names
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.processes):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        processes.stop_groups(list(reversed(self.processes)), timeout=15)
         self.processes.clear()
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from armcpu_testing import processes
 from armcpu_testing.controlplane import (
     KUBERNETES_SERVICE_IP,
     REPO,
@@ -337,8 +338,7 @@ imageGCLowThresholdPercent: 99
     # --- processes -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = processes.spawn(args, self.workdir / f"{name}.log")
 
     def _wait(self, done: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -445,16 +445,8 @@ imageGCLowThresholdPercent: 99
 
     def _terminate(self, name: str) -> None:
         proc = self.processes.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        if proc is not None:
+            processes.stop_groups([proc], timeout=20)
 
     def _unmount(self) -> None:
         """Lazily unmount what the kubelet and containerd mounted (volumes, root filesystems, shm,

@@ -10,27 +10,28 @@ from dataclasses import dataclass
 import pytest
 
 from armcpu_k8s.kube import Kube, load_kubeconfig
-from armcpu_testing import controlplane, node
+from armcpu_testing import controlplane
+from armcpu_testing import node as real_node
 
 
 @dataclass(frozen=True)
 class Cluster:
     plane: controlplane.ControlPlane
-    node: node.RealNode
-    images: node.Images
+    node: real_node.RealNode
+    images: real_node.Images
     admin: Kube
 
 
 @pytest.fixture(scope="session")
-def prepared() -> node.Prepared:
-    reason = node.unavailable()
+def prepared() -> real_node.Prepared:
+    reason = real_node.unavailable()
     if reason is not None:
         pytest.skip(reason)
-    return node.prepare()
+    return real_node.prepare()
 
 
 @pytest.fixture(scope="session")
-def cluster(prepared: node.Prepared) -> Iterator[Cluster]:
-    with (controlplane.running(node_ip=node.node_ip(), tools=prepared.tools) as plane,
-          node.running_node(plane, prepared.images) as real):
+def cluster(prepared: real_node.Prepared) -> Iterator[Cluster]:
+    with (controlplane.running(node_ip=real_node.node_ip(), tools=prepared.tools) as plane,
+          real_node.running_node(plane, prepared.images) as real):
         yield Cluster(plane, real, prepared.images, Kube(load_kubeconfig(plane.kubeconfig)))

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from armcpu_k8s import labels
+from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
 from armcpu_testing.controlplane import REPO
 from armcpu_testing.waiting import wait_for
 from tests.node.conftest import Cluster
@@ -122,6 +123,19 @@ def test_the_agent_labels_its_node_under_its_own_account(cluster: Cluster, relea
     for event in node_writes:  # a pod-bound token: the API server names the agent's node in every request
         assert event["user"]["extra"]["authentication.kubernetes.io/node-name"] == [cluster.node.name]
         assert event["objectRef"]["name"] == cluster.node.name and event["responseStatus"]["code"] == 200
+    # The token the kubelet projected into the agent's pod, read from the node's disk: the admission
+    # policy keeps it to its own node and to armcpu's labels.
+    [token] = (cluster.node.workdir / "kubelet" / "pods" / pod["metadata"]["uid"] / "volumes").glob("kubernetes.io~projected/*/token")
+    agent = Kube(load_kubeconfig(cluster.plane.kubeconfig_with_token("agent-pod", token.read_text())))
+    cluster.admin.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "not-the-agents"}})
+    try:
+        with pytest.raises(ApiError, match="may not change node not-the-agents") as other:
+            agent.merge_patch("/api/v1/nodes/not-the-agents", {"metadata": {"labels": {labels.CPU: "x"}}})
+        assert other.value.status == 403
+        with pytest.raises(ApiError, match=r"may change only armcpu\.io/ and feature\.armcpu\.io/ labels"):
+            agent.merge_patch(f"/api/v1/nodes/{cluster.node.name}", {"metadata": {"labels": {"team": "z"}}})
+    finally:
+        cluster.admin.delete("/api/v1/nodes/not-the-agents")
 
 
 def test_the_examples_reconcile_and_the_vm_webhook_dresses_a_new_vm(cluster: Cluster, release: None) -> None:
