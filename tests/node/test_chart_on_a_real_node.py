@@ -23,6 +23,7 @@ import yaml
 
 from armcpu_k8s import labels
 from armcpu_k8s.kube import ApiError, Kube, load_kubeconfig
+from armcpu_testing import launcher
 from armcpu_testing.controlplane import REPO
 from armcpu_testing.waiting import wait_for
 from tests.node.conftest import Cluster
@@ -82,7 +83,7 @@ def release(cluster: Cluster) -> Iterator[None]:
         cluster.plane.helm("uninstall", RELEASE, "--namespace", NS, "--no-hooks")
 
 
-def test_the_operator_becomes_ready_and_serves_both_webhooks_through_the_service(cluster: Cluster, release: None) -> None:
+def test_the_operator_becomes_ready_and_serves_its_webhooks_through_the_service(cluster: Cluster, release: None) -> None:
     _rolled_out(cluster, "deployment", f"{RELEASE}-operator")
     [pod] = _pods(cluster, "operator")
     assert _ready(pod) and pod["spec"]["nodeName"] == cluster.node.name
@@ -159,6 +160,13 @@ def test_the_examples_reconcile_and_the_vm_webhook_dresses_a_new_vm(cluster: Clu
         input=(EXAMPLES / "vms/api-graviton4.yaml").read_text().replace("name: api\n", "name: api-2\n")).stdout)
     assert created["spec"]["template"]["spec"]["nodeSelector"] == {MODEL_KEY: str(status["revision"])}
     assert json.loads(created["metadata"]["annotations"]["armcpu.io/applied"])["cpumodel"] == "graviton4"
+    # The third webhook: a VM's boot pod, as virt-launcher makes it, must boot where the model is the node's own view.
+    boot = cluster.admin.create("/api/v1/namespaces/default/pods",
+                                launcher.launcher_pod("api", "uid-of-api", {MODEL_KEY: str(status["revision"])}))
+    try:
+        assert boot["spec"]["nodeSelector"][labels.start_key("graviton4")] == str(status["revision"])
+    finally:
+        cluster.admin.delete(f"/api/v1/namespaces/default/pods/{boot['metadata']['name']}")
 
 
 def test_metrics_are_scraped_from_the_pods_ports(cluster: Cluster, release: None) -> None:
