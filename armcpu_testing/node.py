@@ -107,20 +107,18 @@ class Images:
 class Prepared:
     tools: Path
     images: Images
-    seconds: float
 
 
 def prepare() -> Prepared:
     """Install the node's Debian packages, build the node's binaries and the images (all cached):
     ``scripts/setup-node.sh``. Its KEY=VALUE lines say where everything is."""
-    start = time.monotonic()
     proc = subprocess.run(["bash", str(REPO / "scripts/setup-node.sh")], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise NodeError(f"scripts/setup-node.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     images = Images(values["ARMCPU_IMAGE"], Path(values["ARMCPU_IMAGE_ARCHIVE"]),
                     values["ARMCPU_PAUSE_IMAGE"], Path(values["ARMCPU_PAUSE_ARCHIVE"]))
-    return Prepared(Path(values["ARMCPU_TOOLS_DIR"]), images, time.monotonic() - start)
+    return Prepared(Path(values["ARMCPU_TOOLS_DIR"]), images)
 
 
 def _cgroup_mounts() -> list[Path]:
@@ -416,7 +414,7 @@ imageGCLowThresholdPercent: 99
                     child.rmdir()
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        if self.plane.binary("kube-proxy") and Path(self.plane.binary("kube-proxy")).exists():
+        if Path(self.plane.binary("kube-proxy")).exists():
             subprocess.run([self.plane.binary("kube-proxy"), "--cleanup"], capture_output=True, check=False, timeout=60)
         _remove_chains(set(_chains()) - self.chains_before)  # the kubelet's own (KUBE-FIREWALL, its canaries)
         if self.added_route:
